@@ -1,0 +1,18 @@
+"""cnnviz: the Streamlit router. `streamlit run app.py`"""
+import logging
+
+import streamlit as st
+
+st.set_page_config(page_title="cnnviz: inside CNNs", page_icon=":material/visibility:", layout="wide")
+
+from cnnviz.app.pages import PAGES  # noqa: E402  (after set_page_config)
+from cnnviz.app.sidebar import sidebar  # noqa: E402
+
+page = st.navigation(PAGES)
+try:
+    st.session_state["selection"] = sidebar()
+    page.run()
+except Exception as e:  # a bug must not show a traceback to a lecture hall
+    logging.getLogger("cnnviz").exception("page failed")
+    st.error(f"Something went wrong on this page ({type(e).__name__}: {e}). "
+             "Try another image or model; the details are in the server log.")

@@ -1,0 +1,1 @@
+"""What several Streamlit pages share (the only part of cnnviz that imports streamlit)."""

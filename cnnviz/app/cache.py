@@ -1,0 +1,43 @@
+"""Cached loaders. Models and decoded images are shared read-only across sessions
+(`cache_resource`, bounded); small results are keyed by model id and image hash."""
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from cnnviz import models, predict
+from cnnviz.images import load_image
+
+
+@st.cache_resource(max_entries=3, show_spinner=False)
+def model(model_id: str, _progress=None) -> models.Model:
+    m = models.load(model_id, progress=_progress)
+    m.layers  # probe once here, not on a page's first render
+    return m
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def image(sha: str, _data: bytes, name: str) -> Image.Image:
+    return load_image(_data, name)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def probabilities(model_id: str, sha: str, _model: models.Model, _image: Image.Image) -> np.ndarray:
+    return predict.probabilities(_model, _image)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def thumbnail(path: str, size: int = 160) -> bytes:
+    im = load_image(path)
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]

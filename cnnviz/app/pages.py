@@ -1,0 +1,12 @@
+"""The page list: one place that names every page, for the router and for links."""
+import streamlit as st
+
+PAGES = [
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/activations.py", title="Activations", icon=":material/grid_view:"),
+    st.Page("pages/filters.py", title="Filters", icon=":material/filter:"),
+    st.Page("pages/receptive_fields.py", title="Receptive fields", icon=":material/center_focus_strong:"),
+    st.Page("pages/saliency.py", title="Saliency", icon=":material/local_fire_department:"),
+    st.Page("pages/adversarial.py", title="Adversarial", icon=":material/bug_report:"),
+    st.Page("pages/limits.py", title="CNN limits", icon=":material/warning:"),
+]

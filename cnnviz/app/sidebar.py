@@ -1,0 +1,200 @@
+"""The sidebar every page shares: model picker, image picker, current prediction.
+
+Choices live in `st.session_state` (they survive page switches) and are mirrored to
+`st.query_params` (`model`, `sample`) so a URL reproduces the view.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from cnnviz import models
+from cnnviz.app import cache
+from cnnviz.images import ImageError
+from cnnviz.predict import Top, top_k
+from cnnviz.samples import sample_paths
+
+IMAGE_TYPES = ["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp"]
+DEFAULT_SAMPLE = "cat"
+
+
+@dataclass
+class Selection:
+    model: models.Model
+    image: Image.Image
+    image_name: str
+    image_sha: str
+    probs: np.ndarray
+
+    def top(self, k: int = 5) -> list[Top]:
+        return top_k(self.model, self.probs, k)
+
+
+def sidebar() -> Selection:
+    ss = st.session_state
+    _defaults_from_url()
+    with st.sidebar:
+        st.subheader("Model")
+        model = _model_picker()
+        st.subheader("Image")
+        _image_picker()
+        img = ss["image"]
+        image = cache.image(img["sha"], img["data"], img["name"])
+        probs = cache.probabilities(model.id, img["sha"], model, image)
+        best = top_k(model, probs, 1)[0]
+        st.subheader("Prediction")
+        st.metric(f"{model.label} says", best.label, f"{best.prob:.1%} confident", delta_color="off")
+    st.query_params["model"] = model.id if model.source != "checkpoint" else models.BUNDLED_ID
+    if img.get("sample"):
+        st.query_params["sample"] = img["sample"]
+    elif "sample" in st.query_params:
+        del st.query_params["sample"]
+    return Selection(model, image, img["name"], img["sha"], probs)
+
+
+# ---------------------------------------------------------------- state
+
+def _defaults_from_url() -> None:
+    ss = st.session_state
+    if "model_id" not in ss:
+        wanted = st.query_params.get("model", models.BUNDLED_ID)
+        ss["model_id"] = wanted if wanted in _catalog() else models.BUNDLED_ID
+    if "image" not in ss:
+        wanted = st.query_params.get("sample", DEFAULT_SAMPLE)
+        use_sample(wanted if wanted in sample_paths() else DEFAULT_SAMPLE)
+
+
+def use_sample(name: str) -> None:
+    path = sample_paths()[name]
+    data = path.read_bytes()
+    st.session_state["image"] = {"name": path.name, "data": data, "sha": cache.sha(data), "sample": name}
+    st.session_state.pop("image_error", None)
+
+
+def use_upload(name: str, data: bytes) -> bool:
+    """Make an uploaded file the current image; on bad input keep the old one and
+    remember the message. Returns whether it was accepted."""
+    sha = cache.sha(data)
+    try:
+        cache.image(sha, data, name)
+    except ImageError as e:
+        st.session_state["image_error"] = str(e)
+        return False
+    st.session_state["image"] = {"name": name, "data": data, "sha": sha, "sample": None}
+    st.session_state.pop("image_error", None)
+    return True
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def _catalog() -> dict[str, models.Entry]:
+    return {e.id: e for e in models.catalog()}
+
+
+# ---------------------------------------------------------------- model
+
+def _model_label(entry: models.Entry | None, own: models.Model | None, model_id: str) -> str:
+    if own is not None and model_id == own.id:
+        return f"Your model: {own.label}"
+    if entry.source == "bundled":
+        return f"{entry.label} (bundled, works offline)"
+    if entry.available:
+        return f"{entry.label} (torchvision, cached)"
+    size = f", {entry.download_mb:.0f} MB" if entry.download_mb else ""
+    return f"{entry.label} (torchvision, download{size})"
+
+
+def _model_picker() -> models.Model:
+    ss = st.session_state
+    entries = _catalog()
+    own: models.Model | None = ss.get("own_model")
+    options = list(entries) + ([own.id] if own else [])
+    if ss["model_id"] not in options:
+        ss["model_id"] = models.BUNDLED_ID
+    st.selectbox(
+        "Network", options, key="model_id",
+        format_func=lambda mid: _model_label(entries.get(mid), own, mid),
+        help="Torchvision models download once, then load from the local cache.",
+    )
+    _own_model_form()
+    model_id = ss["model_id"]
+    if own is not None and model_id == own.id:
+        return own
+    failed = ss.setdefault("download_failed", {})
+    if model_id in failed:
+        st.error(failed[model_id])
+        st.button("Try the download again", on_click=failed.pop, args=(model_id, None))
+        st.caption("Showing the bundled model meanwhile.")
+        return cache.model(models.BUNDLED_ID)
+    slot = st.empty()
+
+    def progress(done: int, total: int) -> None:
+        frac = min(done / total, 1.0) if total else 0.0
+        slot.progress(frac, text=f"Downloading weights: {done / 2**20:.0f} of {total / 2**20:.0f} MB")
+
+    try:
+        with st.spinner("Loading the model..."):
+            model = cache.model(model_id, _progress=progress)
+    except models.ModelError as e:
+        failed[model_id] = str(e)
+        st.error(str(e))
+        st.caption("Showing the bundled model meanwhile.")
+        model = cache.model(models.BUNDLED_ID)
+    slot.empty()
+    return model
+
+
+def _own_model_form() -> None:
+    ss = st.session_state
+    with st.expander("Use your own weights"):
+        st.caption(
+            "A state dict (`torch.save(model.state_dict(), ...)` or safetensors) of a "
+            "torchvision architecture, e.g. fine-tuned on your classes. Only tensors are read."
+        )
+        st.selectbox("Architecture", models.ZOO, key="own_arch")
+        st.file_uploader("Weights (.pt, .pth, .safetensors)", type=["pt", "pth", "bin", "safetensors"], key="own_weights")
+        st.file_uploader("Class names (optional, one per line)", type=["txt"], key="own_labels")
+        st.button("Load weights", on_click=_load_own_model, disabled=ss.get("own_weights") is None)
+        if ss.get("own_error"):
+            st.error(ss["own_error"])
+
+
+def _load_own_model() -> None:
+    """Button callback (runs before the script, so it may set the picker's value)."""
+    ss = st.session_state
+    f = ss.get("own_weights")
+    if f is None:
+        return
+    try:
+        labels = models.read_labels(ss["own_labels"].getvalue()) if ss.get("own_labels") else None
+        model = models.load_checkpoint(ss["own_arch"], f.getvalue(), f.name, labels)
+    except models.ModelError as e:
+        ss["own_error"] = str(e)
+        return
+    ss["own_model"] = model
+    ss["model_id"] = model.id
+    ss.pop("own_error", None)
+
+
+# ---------------------------------------------------------------- image
+
+def _image_picker() -> None:
+    ss = st.session_state
+    current = ss["image"].get("sample")
+    cols = st.columns(3)
+    for i, (name, path) in enumerate(sample_paths().items()):
+        with cols[i % 3]:
+            st.image(cache.thumbnail(str(path)), width="stretch")
+            st.button(
+                name.replace("_", " "), key=f"sample_{name}", on_click=use_sample, args=(name,),
+                type="primary" if name == current else "secondary", width="stretch",
+            )
+    upload = st.file_uploader("Or upload an image", type=IMAGE_TYPES, key="upload", max_upload_size=50)
+    if upload is not None and upload.file_id != ss.get("upload_seen"):
+        ss["upload_seen"] = upload.file_id
+        use_upload(upload.name, upload.getvalue())
+    if ss.get("image_error"):
+        st.error(ss["image_error"])
+    st.caption(f"Current image: **{ss['image']['name']}**")

@@ -1,0 +1,133 @@
+"""`python -m cnnviz`: the command-line twin of the pages (same backend, same numbers).
+
+With --json each subcommand prints exactly one JSON object on stdout. Exit status 2
+for bad input (one line on stderr), 1 for an internal failure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from . import models
+from .images import ImageError, load_image
+from .models import ModelError
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, instead of argparse's usage block
+        raise UsageError(f"{message} (see `python -m cnnviz {self.prog.split()[-1]} --help`)")
+
+
+def _timed(fn):
+    """Run `fn` once to warm up, then again timed: (result, seconds)."""
+    fn()
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def cmd_predict(args) -> dict:
+    from .predict import predict
+
+    image = load_image(args.image)
+    if args.topk < 1:
+        raise UsageError("--topk must be at least 1")
+    model = models.load(args.model, progress=_stderr_progress)
+    top, seconds = _timed(lambda: predict(model, image, args.topk))
+    return {"model": model.id, "image": args.image, "top": [t.to_dict() for t in top], "seconds": seconds}
+
+
+def cmd_models(args) -> dict:
+    return {"models": [
+        {"id": e.id, "source": e.source, "available": e.available, "params": e.params}
+        for e in models.catalog()
+    ]}
+
+
+def cmd_layers(args) -> dict:
+    from .hooks import probe_layers
+
+    model = models.load(args.model, progress=_stderr_progress)
+    layers, seconds = _timed(lambda: probe_layers(model))
+    return {
+        "model": model.id, "input_size": list(model.input_size),
+        "layers": [{"name": l.name, "type": l.type, "shape": list(l.shape), "params": l.params} for l in layers],
+        "seconds": seconds,
+    }
+
+
+def cmd_download(args) -> dict:
+    if not args.model.startswith("torchvision:") or args.model.endswith("@random"):
+        raise UsageError("download takes a pretrained torchvision model id, e.g. torchvision:resnet18")
+    model = models.load(args.model, progress=_stderr_progress)
+    return {"model": model.id, "available": models.is_available(model.id)}
+
+
+def _stderr_progress(done: int, total: int) -> None:
+    pct = f"{100 * done / total:5.1f}%" if total else f"{done / 2**20:.0f} MB"
+    print(f"\rdownloading weights: {pct}", end="\n" if total and done >= total else "", file=sys.stderr)
+
+
+def _print_human(cmd: str, out: dict) -> None:
+    if cmd == "predict":
+        print(f"{out['model']} on {out['image']}:")
+        for t in out["top"]:
+            print(f"  {t['prob']:7.2%}  {t['label']} ({t['index']})")
+    elif cmd == "models":
+        for m in out["models"]:
+            state = "ready" if m["available"] else "download needed"
+            print(f"  {m['id']:<34} {m['params'] / 1e6:7.1f}M params  {m['source']:<11} {state}")
+    elif cmd == "layers":
+        print(f"{out['model']}, input {out['input_size'][0]}x{out['input_size'][1]}:")
+        for l in out["layers"]:
+            print(f"  {l['name']:<40} {l['type']:<26} {str(l['shape']):<18} {l['params']:>9}")
+    else:
+        print(json.dumps(out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="cnnviz", description="Look inside convolutional networks.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    def add(name, fn, help_, model=True):
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(fn=fn)
+        if model:
+            sp.add_argument("--model", default=models.BUNDLED_ID,
+                            help="efficientnet_lite0 (default), torchvision:NAME or torchvision:NAME@random")
+        sp.add_argument("--json", action="store_true", help="print one JSON object")
+        return sp
+
+    sp = add("predict", cmd_predict, "Top-k classes for an image.")
+    sp.add_argument("image")
+    sp.add_argument("--topk", type=int, default=5)
+    add("models", cmd_models, "Models on offer and whether each works offline.", model=False)
+    add("layers", cmd_layers, "Inspectable layers in execution order, with output shapes.")
+    sp = add("download", cmd_download, "Fetch a torchvision model's weights into the local cache.", model=False)
+    sp.add_argument("model")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        out = args.fn(args)
+    except (UsageError, ImageError, ModelError) as e:
+        print(f"cnnviz: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug, not the user's fault: still one line, no traceback
+        print(f"cnnviz: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(out))
+    else:
+        _print_human(args.cmd, out)
+    return 0

@@ -1,0 +1,47 @@
+import streamlit as st
+
+from cnnviz.render import topk_bar
+
+sel = st.session_state["selection"]
+model = sel.model
+
+st.title("cnnviz: look inside a convolutional network")
+st.markdown(
+    "A CNN slides small learned filters over the image; early layers answer to edges and "
+    "colour blobs, deeper ones to parts and whole objects. Pick a network and an image in "
+    "the sidebar, then walk through the pages below to see what it computes and where it fails."
+)
+
+left, right = st.columns([2, 3])
+with left:
+    st.image(sel.image, caption=f"{sel.image_name} ({sel.image.width}x{sel.image.height})", width="stretch")
+with right:
+    st.subheader("Top-5 classes")
+    st.plotly_chart(topk_bar(sel.top(5)), key="top5", config={"displaylogo": False})
+    st.caption(
+        f"The image is resized to {model.resize_size} pixels, centre-cropped to "
+        f"{model.input_size[0]}x{model.input_size[1]} and normalized as the model was trained; "
+        "the bars are softmax probabilities over its "
+        f"{len(model.categories)} classes."
+    )
+
+st.subheader(f"About {model.label}")
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Parameters", f"{model.params / 1e6:.1f} M")
+c2.metric("Input size", f"{model.input_size[0]} x {model.input_size[1]}")
+c3.metric("Layers", len(model.layers), help="Convolutions, normalizations, activations, pooling and linear layers, one per call.")
+c4.metric("Classes", len(model.categories))
+
+st.subheader("Explore")
+links = {
+    "pages/activations.py": "What each layer computes, channel by channel.",
+    "pages/filters.py": "The learned filters, and images that excite a unit most.",
+    "pages/receptive_fields.py": "How much of the image one unit can see.",
+    "pages/saliency.py": "Which pixels drove the decision (Grad-CAM and friends).",
+    "pages/adversarial.py": "Invisible noise that changes the answer.",
+    "pages/limits.py": "Rotation, scale, mirror, occlusion: where CNNs break.",
+}
+for path, text in links.items():
+    a, b = st.columns([1, 3])
+    a.page_link(path)
+    b.markdown(text)
