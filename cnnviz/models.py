@@ -308,9 +308,8 @@ def load_checkpoint(arch: str, data: bytes, filename: str, labels: list[str] | N
     sd = _read_state_dict(data, filename)
     with torch.device("meta"):  # find the head's key without allocating a model
         head = _head_key(_build(arch, weights=None))
-    if head not in sd:
-        raise ModelError(f"{filename} does not fit {arch}: it has no classifier key {head!r}.")
-    num_classes = int(sd[head].shape[0])
+    # The class count comes from the head; without one, the mismatch report names it.
+    num_classes = int(sd[head].shape[0]) if head in sd and sd[head].ndim >= 1 else len(weights.meta["categories"])
     net = _build(arch, weights=None, num_classes=num_classes)
     problem = first_mismatch(net.state_dict(), sd)
     if problem:

@@ -1,4 +1,7 @@
 from cnnviz.app.placeholder import placeholder
+from cnnviz.app.router import selection
+
+selection()
 
 placeholder(
     "Activations",

@@ -1,8 +1,9 @@
 import streamlit as st
 
+from cnnviz.app.router import selection
 from cnnviz.render import topk_bar
 
-sel = st.session_state["selection"]
+sel = selection()
 model = sel.model
 
 st.title("cnnviz: look inside a convolutional network")

@@ -7,7 +7,7 @@ import io
 
 import numpy as np
 import streamlit as st
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cnnviz import models, predict
 from cnnviz.images import load_image
@@ -31,9 +31,9 @@ def probabilities(model_id: str, sha: str, _model: models.Model, _image: Image.I
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def thumbnail(path: str, size: int = 160) -> bytes:
-    im = load_image(path)
-    im.thumbnail((size, size))
+def thumbnail(path: str, size: int = 128) -> bytes:
+    """A square, centre-cropped thumbnail, so the picker's grid lines up."""
+    im = ImageOps.fit(load_image(path), (size, size))
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=85)
     return buf.getvalue()

@@ -99,11 +99,11 @@ def _model_label(entry: models.Entry | None, own: models.Model | None, model_id:
     if own is not None and model_id == own.id:
         return f"Your model: {own.label}"
     if entry.source == "bundled":
-        return f"{entry.label} (bundled, works offline)"
+        return f"{entry.label} · bundled, offline"
     if entry.available:
-        return f"{entry.label} (torchvision, cached)"
-    size = f", {entry.download_mb:.0f} MB" if entry.download_mb else ""
-    return f"{entry.label} (torchvision, download{size})"
+        return f"{entry.label} · cached"
+    size = f" {entry.download_mb:.0f} MB" if entry.download_mb else ""
+    return f"{entry.label} · download{size}"
 
 
 def _model_picker() -> models.Model:
@@ -153,7 +153,7 @@ def _own_model_form() -> None:
             "A state dict (`torch.save(model.state_dict(), ...)` or safetensors) of a "
             "torchvision architecture, e.g. fine-tuned on your classes. Only tensors are read."
         )
-        st.selectbox("Architecture", models.ZOO, key="own_arch")
+        st.selectbox("Architecture", models.ZOO, index=models.ZOO.index("resnet18"), key="own_arch")
         st.file_uploader("Weights (.pt, .pth, .safetensors)", type=["pt", "pth", "bin", "safetensors"], key="own_weights")
         st.file_uploader("Class names (optional, one per line)", type=["txt"], key="own_labels")
         st.button("Load weights", on_click=_load_own_model, disabled=ss.get("own_weights") is None)
@@ -188,8 +188,8 @@ def _image_picker() -> None:
         with cols[i % 3]:
             st.image(cache.thumbnail(str(path)), width="stretch")
             st.button(
-                name.replace("_", " "), key=f"sample_{name}", on_click=use_sample, args=(name,),
-                type="primary" if name == current else "secondary", width="stretch",
+                name, key=f"sample_{name}", on_click=use_sample, args=(name,),
+                type="primary" if name == current else "tertiary", width="stretch",
             )
     upload = st.file_uploader("Or upload an image", type=IMAGE_TYPES, key="upload", max_upload_size=50)
     if upload is not None and upload.file_id != ss.get("upload_seen"):

@@ -1,0 +1,53 @@
+import os
+import socket
+import tempfile
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# An empty torch hub cache for the whole run: no test sees weights a developer
+# downloaded, and nothing is fetched (see no_network below).
+os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="cnnviz-torch-home-")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Tests never download: any URL that is not loopback fails as if offline."""
+    real = urllib.request.urlopen
+
+    def guarded(url, *args, **kwargs):
+        host = urllib.parse.urlparse(getattr(url, "full_url", url)).hostname
+        if host not in ("127.0.0.1", "localhost"):
+            raise urllib.error.URLError(f"network disabled in tests ({host})")
+        return real(url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", guarded)
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    from cnnviz import models
+
+    return models.load(models.BUNDLED_ID)
+
+
+@pytest.fixture(scope="session")
+def samples():
+    from cnnviz.samples import sample_paths
+
+    return sample_paths()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def hub_checkpoints() -> Path:
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"

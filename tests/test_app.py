@@ -1,0 +1,172 @@
+"""Every page and every sidebar path in Streamlit's own AppTest."""
+import io
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from cnnviz import models
+from cnnviz.images import load_image
+from cnnviz.predict import predict
+
+from .conftest import ROOT
+
+PAGE_FILES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py"))
+
+
+@pytest.fixture
+def app():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def said(at) -> tuple[str, str]:
+    """The sidebar's prediction: (label, '97.1% confident')."""
+    m = at.sidebar.metric[0]
+    return m.value, m.proto.delta
+
+
+def png_bytes(color=(200, 30, 30), size=(64, 48)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_home_shows_prediction_chart_and_facts(app, bundled, samples):
+    top1 = predict(bundled, load_image(samples["cat"]), 1)[0]
+    assert said(app) == (top1.label, f"{top1.prob:.1%} confident")
+    charts = [e for e in app.main.get("plotly_chart")]
+    assert len(charts) == 1 and top1.label in charts[0].proto.spec
+    facts = {m.label: m.value for m in app.main.metric}
+    assert facts == {"Parameters": "4.7 M", "Input size": "224 x 224", "Layers": str(len(bundled.layers)), "Classes": "1000"}
+    assert not app.error
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "assets" / "samples").iterdir() if p.suffix != ".md"))
+def test_each_sample(app, bundled, samples, name):
+    app.sidebar.button(key=f"sample_{name}").click().run()
+    assert not app.exception
+    top1 = predict(bundled, load_image(samples[name]), 1)[0]
+    assert said(app)[0] == top1.label
+    assert app.query_params["sample"] == [name] or app.query_params["sample"] == name
+    assert samples[name].name in app.sidebar.caption[-1].value
+
+
+@pytest.mark.parametrize("page", PAGE_FILES)
+def test_every_page_renders_and_keeps_the_choice(app, page):
+    app.sidebar.button(key="sample_coffee").click().run()
+    before = said(app)
+    app.switch_page(page).run()
+    assert not app.exception and not app.error
+    assert len(app.title) == 1
+    assert said(app) == before  # image and prediction survive the page switch
+
+
+def test_upload_then_switch_pages(app, bundled):
+    data = png_bytes()
+    app.sidebar.file_uploader(key="upload").set_value(("red.png", data, "image/png")).run()
+    assert not app.exception and not app.error
+    top1 = predict(bundled, load_image(data), 1)[0]
+    assert said(app)[0] == top1.label
+    assert "red.png" in app.sidebar.caption[-1].value
+    assert "sample" not in app.query_params
+    app.switch_page("pages/activations.py").run()
+    app.switch_page("pages/home.py").run()
+    assert said(app)[0] == top1.label and "red.png" in app.sidebar.caption[-1].value
+
+
+def test_bad_upload_keeps_the_previous_image(app):
+    before = said(app)
+    app.sidebar.file_uploader(key="upload").set_value(("fake.png", b"not a png at all", "image/png")).run()
+    assert not app.exception
+    assert [e.value for e in app.sidebar.error] == [
+        "fake.png is not an image this app can read. Use PNG, JPEG, GIF, BMP, TIFF or WebP."]
+    assert said(app) == before and "cat.jpg" in app.sidebar.caption[-1].value
+
+
+def test_query_params_reproduce_the_view():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.query_params["sample"] = "rocket"
+    at.query_params["model"] = "torchvision:nosuch"
+    at.run()
+    assert not at.exception
+    assert "rocket.jpg" in at.sidebar.caption[-1].value
+    assert at.sidebar.selectbox(key="model_id").value == models.BUNDLED_ID
+
+
+def test_offline_model_choice_explains_and_falls_back(app):
+    app.sidebar.selectbox(key="model_id").set_value("torchvision:resnet18").run()
+    assert not app.exception
+    errors = [e.value for e in app.sidebar.error]
+    assert len(errors) == 1 and "resnet18-f37072fd.pth" in errors[0] and "not in the local cache" in errors[0]
+    assert said(app)[0]  # still predicts, with the bundled model
+    assert app.sidebar.metric[0].label == "EfficientNet-Lite0 says"
+    assert {m.label: m.value for m in app.main.metric}["Parameters"] == "4.7 M"
+
+
+def test_cached_torchvision_model_is_used(app, samples):
+    src = models.load("torchvision:mobilenet_v2@random")
+    path = models.weights_file(torchvision.models.MobileNet_V2_Weights.DEFAULT)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(src.net.state_dict(), path)
+    try:
+        from cnnviz.app.sidebar import _catalog
+
+        _catalog.clear()
+        app.sidebar.selectbox(key="model_id").set_value("torchvision:mobilenet_v2").run()
+        assert not app.exception and not app.error
+        assert app.sidebar.metric[0].label == "MobileNetV2 says"
+        assert said(app)[0] == predict(src, load_image(samples["cat"]), 1)[0].label
+        assert app.query_params["model"] in ("torchvision:mobilenet_v2", ["torchvision:mobilenet_v2"])
+    finally:
+        path.unlink()
+
+
+def test_own_checkpoint_with_labels(app):
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None, num_classes=3)
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    app.sidebar.file_uploader(key="own_weights").set_value(("mine.pth", buf.getvalue(), "application/octet-stream"))
+    app.sidebar.file_uploader(key="own_labels").set_value(("labels.txt", b"apple\nbanana\ncherry\n", "text/plain"))
+    app.sidebar.selectbox(key="own_arch").set_value("resnet18")
+    app.run()
+    [b for b in app.sidebar.button if b.label == "Load weights"][0].click().run()
+    assert not app.exception and not app.sidebar.error
+    assert said(app)[0] in {"apple", "banana", "cherry"}
+    assert app.sidebar.metric[0].label.startswith("mine.pth (ResNet-18, 3 classes)")
+    assert {m.label: m.value for m in app.main.metric}["Classes"] == "3"
+
+
+def test_own_checkpoint_that_does_not_fit(app):
+    buf = io.BytesIO()
+    torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(), buf)
+    app.sidebar.file_uploader(key="own_weights").set_value(("wrong.pth", buf.getvalue(), "application/octet-stream")).run()
+    assert app.sidebar.selectbox(key="own_arch").value == "resnet18"  # the usual fine-tuning base
+    [b for b in app.sidebar.button if b.label == "Load weights"][0].click().run()
+    assert not app.exception
+    assert any("wrong.pth does not fit resnet18: the key 'conv1.weight' is missing" in e.value for e in app.sidebar.error)
+    assert app.sidebar.metric[0].label == "EfficientNet-Lite0 says"
+
+
+def test_rerun_with_same_image_and_model_does_no_forward_pass(app):
+    from cnnviz.app import cache
+
+    net = cache.model(models.BUNDLED_ID).net
+    calls = []
+    handle = net.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        app.run()
+        app.switch_page("pages/home.py").run()
+        assert calls == []
+        fresh = png_bytes(color=tuple(int(v) for v in torch.randint(0, 256, (3,))), size=(61, 47))
+        app.sidebar.file_uploader(key="upload").set_value(("fresh.png", fresh, "image/png")).run()
+        assert calls == [1]  # a new image does run the net, once
+        app.run()
+        assert calls == [1]
+    finally:
+        handle.remove()

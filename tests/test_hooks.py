@@ -1,0 +1,113 @@
+import threading
+
+import pytest
+import torch
+import torchvision
+
+from cnnviz import models
+from cnnviz.hooks import Recorder, layer_modules, record
+
+
+def no_hooks(net) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+
+
+def test_every_call_of_a_shared_module_is_recorded(bundled):
+    x = torch.randn(1, 3, 224, 224)
+    _, outs = record(bundled, x)
+    assert [l.name for l in bundled.layers] == list(outs)
+    assert outs["_swish"].shape == (1, 32, 112, 112) and outs["_swish#1"].shape == (1, 1280, 7, 7)
+    calls = [n for n in outs if n.startswith("_blocks.5._swish")]
+    assert calls == ["_blocks.5._swish", "_blocks.5._swish#1"]
+
+
+def test_values_equal_an_independent_hook(bundled):
+    x = torch.randn(1, 3, 224, 224)
+    seen = {}
+    targets = ["_conv_stem", "_blocks.3._expand_conv", "_blocks.10._bn2", "_fc"]
+    mods = dict(bundled.net.named_modules())
+    handles = [mods[n].register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o.clone())) for n in targets]
+    try:
+        with torch.no_grad():
+            bundled.net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    _, outs = record(bundled, x, targets)
+    assert list(outs) == targets
+    for n in targets:
+        assert torch.equal(outs[n], seen[n]), n
+
+
+def test_selected_call_only(bundled):
+    _, outs = record(bundled, torch.randn(1, 3, 224, 224), ["_swish#1"])
+    assert list(outs) == ["_swish#1"]
+
+
+def test_recording_survives_in_place_ops():
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None).eval()  # raw: ReLU(inplace=True), out += identity
+    x = torch.randn(1, 3, 64, 64)
+    with Recorder(net, ["bn1", "layer1.0.bn2"]) as rec, torch.no_grad():
+        net(x)
+    with torch.no_grad():
+        expected = net.bn1(net.conv1(x))
+    assert torch.equal(rec.outputs["bn1"], expected)
+    assert (rec.outputs["bn1"] < 0).any()  # not overwritten by the in-place ReLU after it
+    assert (rec.outputs["layer1.0.bn2"] < 0).any()  # nor by `out += identity; relu`
+
+
+def test_no_hooks_left_after_normal_exit_and_after_an_error(bundled):
+    with Recorder(bundled):
+        assert not no_hooks(bundled.net)
+    assert no_hooks(bundled.net)
+    with pytest.raises(RuntimeError):
+        with Recorder(bundled), torch.no_grad():
+            bundled.net(torch.randn(1, 5, 224, 224))  # wrong channel count
+    assert no_hooks(bundled.net)
+    with pytest.raises(KeyError):
+        Recorder(bundled, ["no.such.layer"])
+    assert no_hooks(bundled.net)
+
+
+def test_lock_released_after_exit(bundled):
+    with Recorder(bundled):
+        pass
+    got = []
+    t = threading.Thread(target=lambda: got.append(bundled.lock.acquire(timeout=5)))
+    t.start()
+    t.join()
+    assert got == [True]
+
+
+def test_two_threads_never_see_each_others_activations():
+    model = models.load("torchvision:resnet18@random")
+    layers = ["layer1.0.conv1", "layer4.1.bn2", "fc"]
+    inputs = [torch.full((1, 3, 96, 96), v) for v in (-1.0, 1.0)]
+    expected = [record(model, x, layers)[1] for x in inputs]
+    barrier = threading.Barrier(2)
+    failures = []
+
+    def worker(i):
+        barrier.wait()
+        for _ in range(15):
+            _, outs = record(model, inputs[i], layers)
+            if list(outs) != layers or not all(torch.equal(outs[n], expected[i][n]) for n in layers):
+                failures.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert no_hooks(model.net)
+
+
+def test_layer_modules_keep_padded_convs_whole():
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")  # static padding: a ZeroPad2d inside each conv
+    mods = layer_modules(net)
+    assert "_conv_stem" in mods and "_conv_stem.static_padding" not in mods
+    assert not any(".static_padding" in n for n in mods)
