@@ -8,8 +8,6 @@ and the model's lock is held meanwhile, so concurrent sessions never mix.
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
-
 import torch
 from torch import nn
 
@@ -27,14 +25,14 @@ def layer_modules(net: nn.Module) -> dict[str, nn.Module]:
     """Inspectable modules by path: leaves, and convolutions/linears as one piece
     even when they hold a helper (a padding module) inside."""
     found: dict[str, nn.Module] = {}
-    inside: list[str] = []
+    inside = None  # named_modules() is depth-first: a unit's helpers follow it directly
     for name, m in net.named_modules():
-        if not name or any(name.startswith(p + ".") for p in inside):
+        if not name or (inside and name.startswith(inside)):
             continue
         is_unit = isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
         if is_unit or next(m.children(), None) is None:
             if is_unit:
-                inside.append(name)
+                inside = name + "."
             if not _is_noop(m):
                 found[name] = m
     return found
@@ -54,8 +52,11 @@ class Recorder(contextlib.AbstractContextManager):
     """Record layer outputs during forward passes run inside the `with` block.
 
     `layers`: module paths or call names (``_swish#1``) to record; None = all
-    inspectable layers. `detach=True` stores detached copies (safe from later
-    in-place ops); `detach=False` keeps the live tensors, for gradients.
+    inspectable layers. `detach=True` stores detached views, copied only for calls
+    in `model.mutated_layers` (outputs a later in-place op overwrites);
+    `mutated()` names any view that changed anyway, so `record` can redo the pass.
+    `detach=False` keeps the live tensors, for gradients. Run the pass under
+    `torch.no_grad()`, not inference mode: inference tensors have no version counter.
     After the block, `outputs` maps call names, in execution order, to tensors.
     """
 
@@ -78,8 +79,10 @@ class Recorder(contextlib.AbstractContextManager):
             modules = {n: all_named[n] for n in self._wanted}
         self._modules = modules
         self.detach = detach
+        self.copy: set[str] = model.mutated_layers if isinstance(model, Model) else set()
         self.outputs: dict[str, torch.Tensor] = {}
-        self._calls: Counter[str] = Counter()
+        self._versions: dict[str, int] = {}
+        self._calls: dict[str, int] = {}
         self._handles: list = []
 
     def __enter__(self) -> "Recorder":
@@ -104,23 +107,43 @@ class Recorder(contextlib.AbstractContextManager):
     def reset(self) -> None:
         """Forget what was recorded (before another forward pass in the same block)."""
         self.outputs.clear()
+        self._versions.clear()
         self._calls.clear()
 
+    def mutated(self) -> set[str]:
+        """Recorded views that an in-place op changed after they were recorded."""
+        return {n for n, v in self._versions.items() if self.outputs[n]._version != v}
+
     def _hook(self, name: str):
-        def hook(module, inputs, output):
-            k = self._calls[name]
-            self._calls[name] += 1
-            wanted = self._wanted[name]
+        wanted = self._wanted[name]
+
+        calls, outputs, versions = self._calls, self.outputs, self._versions
+
+        def hook(module, inputs, output):  # runs ~130 times a pass: kept lean
+            k = calls.get(name, 0)
+            calls[name] = k + 1
             if not isinstance(output, torch.Tensor) or (wanted is not None and k not in wanted):
                 return
-            self.outputs[call_name(name, k)] = output.detach().clone() if self.detach else output
+            cn = f"{name}#{k}" if k else name
+            if not self.detach:
+                outputs[cn] = output
+            elif cn in self.copy:
+                outputs[cn] = output.detach().clone()
+            else:
+                outputs[cn] = output.detach() if output.requires_grad else output
+                versions[cn] = output._version
         return hook
 
 
 def record(model: Model, x: torch.Tensor, layers=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One forward pass of `model.net` on `x`; returns (logits, {call name: output})."""
-    with Recorder(model, layers) as rec, torch.inference_mode():
+    with Recorder(model, layers) as rec, torch.no_grad():
         logits = model.net(x)
+        changed = rec.mutated()
+        if changed:  # learnt once per model (the first pass, at load); then copied
+            model.mutated_layers.update(changed)
+            rec.reset()
+            logits = model.net(x)
     return logits, rec.outputs
 
 

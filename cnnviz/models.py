@@ -72,6 +72,9 @@ class Model:
     # Streamlit serves every browser session from one cached Model in its own thread;
     # hooks on shared modules see every thread's pass, so all use of `net` holds this.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # Layer calls whose output a later op changes in place (ResNet's `out += identity`):
+    # the recorder copies only these. Found by the recorder itself on first use.
+    mutated_layers: set[str] = field(default_factory=set, repr=False)
 
     def to_pixels(self, image: Image.Image) -> torch.Tensor:
         """Resize and centre-crop to the model's input: [1, 3, H, W] in [0, 1]."""

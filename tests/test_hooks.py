@@ -45,16 +45,25 @@ def test_selected_call_only(bundled):
 
 
 def test_recording_survives_in_place_ops():
-    torch.manual_seed(0)
-    net = torchvision.models.resnet18(weights=None).eval()  # raw: ReLU(inplace=True), out += identity
+    model = models.load("torchvision:resnet18@random")  # `out += identity` after each block's bn2
     x = torch.randn(1, 3, 64, 64)
-    with Recorder(net, ["bn1", "layer1.0.bn2"]) as rec, torch.no_grad():
-        net(x)
+    _, outs = record(model, x, ["layer1.0.bn2", "layer1.0.relu"])
+    net, blk = model.net, model.net.layer1[0]
     with torch.no_grad():
-        expected = net.bn1(net.conv1(x))
-    assert torch.equal(rec.outputs["bn1"], expected)
-    assert (rec.outputs["bn1"] < 0).any()  # not overwritten by the in-place ReLU after it
-    assert (rec.outputs["layer1.0.bn2"] < 0).any()  # nor by `out += identity; relu`
+        h = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        expected = blk.bn2(blk.conv2(blk.relu(blk.bn1(blk.conv1(h)))))
+    assert torch.equal(outs["layer1.0.bn2"], expected)
+    assert (outs["layer1.0.bn2"] < 0).any()  # not the block's ReLU'd sum
+    assert "layer1.0.bn2" in model.mutated_layers  # learnt, so later passes copy it up front
+    assert "layer1.0.conv1" not in model.mutated_layers
+
+
+def test_in_place_overwrites_are_detected():
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None).eval()  # raw: ReLU(inplace=True)
+    with Recorder(net, ["conv1", "bn1"]) as rec, torch.no_grad():
+        net(torch.randn(1, 3, 64, 64))
+    assert rec.mutated() == {"bn1"}
 
 
 def test_no_hooks_left_after_normal_exit_and_after_an_error(bundled):
@@ -74,7 +83,13 @@ def test_lock_released_after_exit(bundled):
     with Recorder(bundled):
         pass
     got = []
-    t = threading.Thread(target=lambda: got.append(bundled.lock.acquire(timeout=5)))
+
+    def other_thread():
+        got.append(bundled.lock.acquire(timeout=5))
+        if got[-1]:
+            bundled.lock.release()
+
+    t = threading.Thread(target=other_thread)
     t.start()
     t.join()
     assert got == [True]

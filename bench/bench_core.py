@@ -1,0 +1,102 @@
+"""Foundation benchmarks (issue #2), medians and ratios from one run.
+
+1. Recording every layer's output vs a bare forward pass (same model, same input).
+2. A home-page rerun with the same image and model (cache hit): AppTest time, and
+   the number of forward passes it made (should be 0).
+3. Cold start: process start to first prediction (CLI), against
+   `python -c "import torch, torchvision, streamlit"`.
+
+    python bench/bench_core.py [--repeats 30]
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from common import interleaved, median, report  # noqa: E402
+
+from cnnviz import models  # noqa: E402
+from cnnviz.hooks import record  # noqa: E402
+
+
+def recording(model_id: str, repeats: int) -> dict:
+    model = models.load(model_id)
+    x = torch.randn(1, 3, *model.input_size)
+
+    def bare():
+        with torch.inference_mode():
+            model.net(x)
+
+    def recorded():
+        return record(model, x)[1]
+
+    n_layers = len(recorded())
+    t = interleaved({"bare": bare, "recorded": recorded}, repeats)
+    b, r = median(t["bare"]), median(t["recorded"])
+    return {"case": f"record all layers: {model_id}", "layers": n_layers, "bare_ms": b * 1e3,
+            "measured_ms": r * 1e3, "ratio": r / b, "goal": "<= 1.10"}
+
+
+def apptest_rerun(repeats: int) -> dict:
+    from streamlit.testing.v1 import AppTest
+
+    from cnnviz.app import cache
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    t0 = time.perf_counter()
+    at.run()
+    first = time.perf_counter() - t0
+    calls = []
+    handle = cache.model(models.BUNDLED_ID).net.register_forward_pre_hook(lambda *a: calls.append(1))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        at.run()
+        times.append(time.perf_counter() - t)
+    handle.remove()
+    assert not at.exception
+    return {"case": "home page rerun, cache hit (AppTest)", "layers": "", "bare_ms": first * 1e3,
+            "measured_ms": median(times) * 1e3, "ratio": median(times) / first,
+            "goal": f"0 forward passes (saw {len(calls)})", "forward_passes": len(calls)}
+
+
+def cold_start(repeats: int) -> dict:
+    sample = ROOT / "assets" / "samples" / "cat.jpg"
+    cmds = {
+        "imports": [sys.executable, "-c", "import torch, torchvision, streamlit"],
+        "predict": [sys.executable, "-m", "cnnviz", "predict", str(sample), "--json"],
+    }
+
+    def run(cmd):
+        return lambda: subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+
+    t = interleaved({k: run(c) for k, c in cmds.items()}, repeats, warmup=1)
+    i, p = median(t["imports"]), median(t["predict"])
+    return {"case": "cold start to first prediction (CLI process)", "layers": "", "bare_ms": i * 1e3,
+            "measured_ms": p * 1e3, "ratio": p / i, "goal": "report"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=30)
+    args = ap.parse_args()
+    rows = [
+        recording(models.BUNDLED_ID, args.repeats),
+        recording("torchvision:resnet18@random", args.repeats),  # same compute as the pretrained one
+        apptest_rerun(10),
+        cold_start(5),
+    ]
+    report("core", rows, {"note": "bare_ms is the baseline of each row: bare forward, first AppTest run, "
+                                  "or `import torch, torchvision, streamlit`"})
+
+
+if __name__ == "__main__":
+    main()
