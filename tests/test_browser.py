@@ -113,8 +113,8 @@ def test_upload_predict_switch_pages_and_back(browser, server, samples, bundled,
 
     shots = Path(os.environ.get("CNNVIZ_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(shots / "home.png"), full_page=False)
-    assert (shots / "home.png").stat().st_size > 10_000
+    page.screenshot(path=str(shots / "screenshot.png"), full_page=False)
+    assert (shots / "screenshot.png").stat().st_size > 10_000
 
 
 def test_bad_upload_shows_a_message_not_a_traceback(browser, server, tmp_path):
