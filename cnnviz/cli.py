@@ -12,6 +12,7 @@ import time
 
 from . import models
 from .images import ImageError, load_image
+from .activations import LayerNotFound
 from .models import ModelError
 
 
@@ -41,6 +42,37 @@ def cmd_predict(args) -> dict:
     model = models.load(args.model, progress=_stderr_progress)
     top, seconds = _timed(lambda: predict(model, image, args.topk))
     return {"model": model.id, "image": args.image, "top": [t.to_dict() for t in top], "seconds": seconds}
+
+
+def cmd_activations(args) -> dict:
+    from . import activations as A
+
+    image = load_image(args.image)
+    model = models.load(args.model, progress=_stderr_progress)
+    layer = A.check_layer(model, args.layer)
+
+    def run():
+        acts = A.compute(model, image, [layer])[layer]
+        return acts, A.ChannelStats.of(acts)
+
+    (acts, stats), seconds = _timed(run)
+    if args.out:
+        _save_png(A.mosaic(acts, stats.order("mean"))[0], args.out)
+    if args.npy:
+        import numpy as np
+
+        np.save(args.npy, acts)
+    return {"model": model.id, "layer": layer, "shape": list(acts.shape), "channels": stats.rows(),
+            "top": [int(i) for i in stats.order("mean")[:16]], "seconds": seconds}
+
+
+def _save_png(rgb, path: str) -> None:
+    from PIL import Image
+
+    try:
+        Image.fromarray(rgb).save(path, "PNG")
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def cmd_models(args) -> dict:
@@ -83,6 +115,12 @@ def _print_human(cmd: str, out: dict) -> None:
         for m in out["models"]:
             state = "ready" if m["available"] else "download needed"
             print(f"  {m['id']:<34} {m['params'] / 1e6:7.1f}M params  {m['source']:<11} {state}")
+    elif cmd == "activations":
+        c, h, w = out["shape"]
+        print(f"{out['layer']} of {out['model']}: {c} maps of {h}x{w}; strongest channels by mean:")
+        for i in out["top"][:8]:
+            ch = out["channels"][i]
+            print(f"  channel {i:>4}  mean {ch['mean']:9.4f}  max {ch['max']:9.4f}  zeros {ch['zeros']:6.1%}")
     elif cmd == "layers":
         print(f"{out['model']}, input {out['input_size'][0]}x{out['input_size'][1]}:")
         for l in out["layers"]:
@@ -107,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("predict", cmd_predict, "Top-k classes for an image.")
     sp.add_argument("image")
     sp.add_argument("--topk", type=int, default=5)
+    sp = add("activations", cmd_activations, "Per-channel statistics of one layer's activation maps.")
+    sp.add_argument("image")
+    sp.add_argument("--layer", required=True, help="a layer name from `layers` (e.g. _blocks.3._expand_conv)")
+    sp.add_argument("--out", help="write the channel mosaic as PNG")
+    sp.add_argument("--npy", help="write the activations [C, H, W] as .npy")
     add("models", cmd_models, "Models on offer and whether each works offline.", model=False)
     add("layers", cmd_layers, "Inspectable layers in execution order, with output shapes.")
     sp = add("download", cmd_download, "Fetch a torchvision model's weights into the local cache.", model=False)
@@ -118,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         out = args.fn(args)
-    except (UsageError, ImageError, ModelError) as e:
+    except (UsageError, ImageError, ModelError, LayerNotFound) as e:
         print(f"cnnviz: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -86,6 +86,11 @@ class Model:
         ])
         return tf(image.convert("RGB")).unsqueeze(0)
 
+    def input_image(self, image: Image.Image) -> Image.Image:
+        """The resized, cropped picture the network actually sees (for overlays)."""
+        arr = (self.to_pixels(image)[0].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255)
+        return Image.fromarray(arr.astype("uint8"))
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)

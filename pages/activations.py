@@ -1,13 +1,193 @@
-from cnnviz.app.placeholder import placeholder
+import io
+
+import numpy as np
+import streamlit as st
+from PIL import Image, ImageOps
+
+from cnnviz import activations as A
+from cnnviz import render
+from cnnviz.app import cache
 from cnnviz.app.router import selection
+from cnnviz.samples import sample_paths
 
-selection()
+sel = selection()
+model = sel.model
+ss, qp = st.session_state, st.query_params
 
-placeholder(
-    "Activations",
-    "Each filter of a convolution layer produces one activation map: bright where the "
-    "input matches the filter. Walking from the first layer to the last, maps get smaller "
-    "and more numerous, and their meaning moves from edges and colours to parts and objects.",
-    "every layer's channels as a clickable mosaic, the enlarged map over the image, and a depth summary.",
-    3,
+st.title("Activations")
+st.markdown(
+    "Each filter of a convolution layer produces one activation map, bright where the input "
+    "matches the filter. Walk from the first layer to the last: maps shrink and multiply, and "
+    "what they answer to moves from edges and colours to parts and whole objects."
 )
+
+acts = cache.activations(model.id, sel.image_sha, model, sel.image)
+names = list(acts)
+info = {l.name: l for l in model.layers}
+
+
+# ---------------------------------------------------------------- state (URL first)
+
+def _from_url(key: str, param: str, valid, cast=str):
+    if key not in ss and param in qp:
+        try:
+            value = cast(qp[param])
+        except ValueError:
+            return
+        if valid(value):
+            ss[key] = value
+
+
+_from_url("act_layer", "layer", lambda v: v in acts)
+_from_url("act_sort", "sort", lambda v: v in A.SORTS)
+_from_url("act_scale", "scale", lambda v: v in ("global", "channel"))
+_from_url("act_channel", "channel", lambda v: v >= 0, int)
+if ss.get("act_layer") not in acts:  # first visit, or a model without that layer
+    ss["act_layer"] = names[0]
+ss["act_depth"] = names.index(ss["act_layer"]) + 1
+layer_acts = acts[ss["act_layer"]]
+C = layer_acts.shape[0]
+if not 0 <= ss.get("act_channel", 0) < C:
+    ss["act_channel"] = 0
+ss.setdefault("act_channel", 0)
+
+
+def _set_layer(name: str) -> None:
+    ss["act_layer"], ss["act_depth"] = name, names.index(name) + 1
+
+
+def _step(delta: int) -> None:
+    _set_layer(names[min(max(names.index(ss["act_layer"]) + delta, 0), len(names) - 1)])
+
+
+def _on_depth() -> None:
+    _set_layer(names[ss["act_depth"] - 1])
+
+
+def _on_layer() -> None:
+    _set_layer(ss["act_layer"])
+
+
+def _clicked(key: str):
+    """customdata of a new click on a Plotly chart (read before the widgets are drawn,
+    so it may set their values; the same click is applied only once)."""
+    points = ((ss.get(key) or {}).get("selection") or {}).get("points") or []
+    if not points or ss.get(key + "_seen") == repr(points):
+        return None
+    ss[key + "_seen"] = repr(points)
+    data = points[0].get("customdata")
+    return data[0] if isinstance(data, list) else data
+
+
+def _label(name: str) -> str:
+    c, h, w = acts[name].shape
+    return f"{names.index(name) + 1}. {name} · {info[name].type} · {c}x{h}x{w}"
+
+
+if (name := _clicked("act_depth_chart")) in acts:
+    _set_layer(name)
+    layer_acts = acts[name]
+    C = layer_acts.shape[0]
+    ss["act_channel"] = min(ss["act_channel"], C - 1)
+if (ch := _clicked("act_mosaic")) is not None and 0 <= int(ch) < C:
+    ss["act_channel"] = int(ch)
+
+# ---------------------------------------------------------------- layer picker
+
+left, mid, right = st.columns([6, 1, 1], vertical_alignment="bottom")
+left.selectbox("Layer (execution order)", names, key="act_layer", format_func=_label, on_change=_on_layer)
+mid.button("Shallower", on_click=_step, args=(-1,), width="stretch", disabled=ss["act_layer"] == names[0])
+right.button("Deeper", on_click=_step, args=(1,), width="stretch", disabled=ss["act_layer"] == names[-1])
+st.slider("Depth: focus the slider and use the arrow keys to walk through the network", 1, len(names),
+          key="act_depth", on_change=_on_depth)
+
+layer = ss["act_layer"]
+stats = A.ChannelStats.of(layer_acts)
+c1, c2, c3 = st.columns(3)
+c1.radio("Sort channels by", A.SORTS, key="act_sort", horizontal=True,
+         format_func={"mean": "mean", "max": "max", "sparsity": "sparsity (most zeros first)"}.get)
+c2.radio("Colour scale", ("global", "channel"), key="act_scale", horizontal=True,
+         format_func={"global": "same for all channels", "channel": "per channel"}.get,
+         help="Same scale: tiles are comparable. Per channel: weak maps show their shape too.")
+c3.number_input(f"Channel (0 to {C - 1})", 0, C - 1, key="act_channel")
+channel = int(ss["act_channel"])
+qp.update({"layer": layer, "channel": str(channel), "sort": ss["act_sort"], "scale": ss["act_scale"]})
+
+tab_channels, tab_depth, tab_compare = st.tabs(["Channels", "Depth summary", "Compare two images"])
+
+# ---------------------------------------------------------------- mosaic + detail
+
+with tab_channels:
+    rgb, grid = cache.mosaic(model.id, sel.image_sha, layer, ss["act_sort"], ss["act_scale"], layer_acts)
+    c, h, w = layer_acts.shape
+    st.caption(
+        f"**{layer}** ({info[layer].type}): {c} maps of {h}x{w}, sorted by {ss['act_sort']}; "
+        f"white = strong. Click a tile to enlarge it."
+        + (f" Tiles are shown at {grid.tile_h}x{grid.tile_w} (block-averaged)." if grid.tile_h < h else "")
+    )
+    mosaic_col, top_col = st.columns([3, 1])
+    with mosaic_col:
+        st.plotly_chart(render.mosaic_figure(rgb, grid, stats, channel), key="act_mosaic", on_select="rerun",
+                        selection_mode="points", config={"displaylogo": False, "toImageButtonOptions": {"filename": f"mosaic-{layer}"}})
+    with top_col:
+        st.markdown("**Strongest channels** (by mean)")
+        top = stats.order("mean")[:10]
+        st.dataframe({"channel": top, "mean": stats.mean[top].round(4), "max": stats.max[top].round(4)},
+                     hide_index=True, width="stretch")
+        png = io.BytesIO()
+        Image.fromarray(rgb).save(png, "PNG")
+        st.download_button("Mosaic (PNG)", png.getvalue(), f"mosaic-{layer}.png", "image/png", width="stretch")
+        npy = io.BytesIO()
+        np.save(npy, layer_acts)
+        st.download_button("Activations (.npy)", npy.getvalue(), f"activations-{layer}.npy",
+                           "application/octet-stream", width="stretch", help=f"float32 array {list(layer_acts.shape)}")
+
+    st.subheader(f"Channel {channel}")
+    m = layer_acts[channel]
+    if stats.max[channel] == stats.min[channel]:
+        st.info(f"Channel {channel} is constant ({stats.max[channel]:.3g}) on this image: nothing here excites it.")
+    s1, s2, s3, s4 = st.columns(4)
+    s1.metric("mean", f"{stats.mean[channel]:.4g}")
+    s2.metric("max", f"{stats.max[channel]:.4g}")
+    s3.metric("min", f"{stats.min[channel]:.4g}")
+    s4.metric("zeros", f"{stats.zeros[channel]:.1%}")
+    d1, d2, d3 = st.columns(3)
+    with d1:
+        st.plotly_chart(render.map_heatmap(m, f"{h}x{w} map"), key="act_map")
+    with d2:
+        opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.6, 0.05, key="act_opacity")
+        st.image(render.overlay(model.input_image(sel.image), m, opacity),
+                 caption="Upsampled to the network's input and laid over it", width="stretch")
+    with d3:
+        st.plotly_chart(render.histogram(m, f"channel {channel} values"), key="act_hist")
+
+# ---------------------------------------------------------------- depth summary
+
+with tab_depth:
+    st.caption("One point per layer. Watch the maps shrink (stride, pooling) while the channels "
+               "multiply, and how many values the ReLUs set to zero. Click a point to open that layer.")
+    summary = cache.depth_summary(model.id, sel.image_sha, acts)
+    st.plotly_chart(render.depth_figure(summary, layer), key="act_depth_chart", on_select="rerun",
+                    selection_mode="points")
+
+# ---------------------------------------------------------------- compare
+
+with tab_compare:
+    choices = ["mirror"] + [n for n in sample_paths() if n != (ss.get("image") or {}).get("sample")]
+    other = st.selectbox("Second image", choices, key="act_other",
+                         format_func=lambda n: "the same image, mirrored (handedness)" if n == "mirror" else f"sample: {n}")
+    if other == "mirror":
+        image_b, sha_b, label_b = ImageOps.mirror(sel.image), sel.image_sha + ":mirror", "mirrored"
+    else:
+        data = sample_paths()[other].read_bytes()
+        sha_b = cache.sha(data)
+        image_b, label_b = cache.image(sha_b, data, other), other
+    acts_b = cache.activations(model.id, sha_b, model, image_b)[layer]
+    a_map, b_map = layer_acts[channel], acts_b[channel]
+    lo, hi = float(min(a_map.min(), b_map.min())), float(max(a_map.max(), b_map.max()))
+    x1, x2 = st.columns(2)
+    x1.plotly_chart(render.map_heatmap(a_map, f"channel {channel}: this image", lo, hi), key="act_cmp_a")
+    x2.plotly_chart(render.map_heatmap(b_map, f"channel {channel}: {label_b}", lo, hi), key="act_cmp_b")
+    ranked = A.compare(layer_acts, acts_b)
+    st.markdown(f"**Channels of {layer} that change most** (mean activation, {label_b} minus this image)")
+    st.plotly_chart(render.diff_bars(ranked, 20, ("this image", label_b)), key="act_cmp_bars")

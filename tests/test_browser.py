@@ -1,6 +1,7 @@
 """The real thing: `streamlit run` on 127.0.0.1, driven by Playwright in Debian's Chromium."""
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -140,4 +141,23 @@ def test_deep_link_on_a_fresh_server_gets_the_full_app(browser, server):
     expect(sidebar_says(page)).to_be_visible(timeout=30_000)
     expect(page.get_by_text("Current image: rocket.jpg")).to_be_visible()
     expect(page.get_by_test_id("stSidebarNav").get_by_role("link", name="Receptive fields")).to_be_visible()
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+
+
+def test_click_a_mosaic_tile_to_enlarge_it(browser, server):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server.url}/activations?layer=_blocks.1._swish&sample=cat")
+    expect(page.get_by_role("heading", name="Channel 0")).to_be_visible(timeout=90_000)
+    wait_idle(page)
+    mosaic = page.locator(".st-key-act_mosaic")
+    mosaic.scroll_into_view_if_needed()
+    box = mosaic.bounding_box()
+    x, y = box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.45
+    page.mouse.move(x - 30, y - 30)
+    page.mouse.move(x, y, steps=6)  # Plotly only clicks what it hovers
+    expect(page.locator(".hovertext").first).to_contain_text("channel", timeout=10_000)
+    hovered = re.search(r"channel (\d+)", page.locator(".hovertext").first.text_content()).group(1)
+    page.mouse.click(x, y)
+    expect(page.get_by_role("heading", name=f"Channel {hovered}")).to_be_visible(timeout=30_000)
+    assert hovered != "0"
     expect(page.get_by_test_id("stException")).to_have_count(0)

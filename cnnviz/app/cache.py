@@ -41,3 +41,29 @@ def thumbnail(path: str, size: int = 128) -> bytes:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- activations
+# All spatial layers of one image in one forward pass (about 75 MB for the bundled
+# model at 224x224), so walking layers and channels never runs the network again.
+
+@st.cache_resource(max_entries=3, show_spinner="Recording every layer...")
+def activations(model_id: str, sha: str, _model: models.Model, _image: Image.Image) -> dict[str, np.ndarray]:
+    from cnnviz import activations as acts
+
+    return acts.compute(_model, _image)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def depth_summary(model_id: str, sha: str, _acts: dict) -> list[dict]:
+    from cnnviz import activations as acts
+
+    return acts.depth_summary(_acts)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def mosaic(model_id: str, sha: str, layer: str, sort: str, scale: str, _acts: np.ndarray):
+    from cnnviz import activations as acts
+
+    stats = acts.ChannelStats.of(_acts)
+    return acts.mosaic(_acts, stats.order(sort), scale)

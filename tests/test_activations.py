@@ -1,0 +1,126 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from cnnviz import activations as A
+from cnnviz.cli import main
+from cnnviz.images import load_image
+
+
+@pytest.fixture(scope="module")
+def cat(samples):
+    return load_image(samples["cat"])
+
+
+def independent(model, image, names):
+    """Outputs from plain forward hooks, written here without cnnviz.hooks."""
+    mods = dict(model.net.named_modules())
+    seen = {}
+    handles = []
+    for n in names:
+        base, _, k = n.partition("#")
+        k = int(k or 0)
+        calls = {"n": 0}
+
+        def hook(m, i, o, n=n, k=k, calls=calls):
+            if calls["n"] == k:
+                seen[n] = o.detach().clone()[0].numpy()
+            calls["n"] += 1
+        handles.append(mods[base].register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model.net(model.preprocess(image))
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def test_values_equal_an_independent_hook(bundled, cat):
+    names = ["_conv_stem", "_swish", "_blocks.4._bn0", "_blocks.9._swish#1", "_swish#1"]
+    ours = A.compute(bundled, cat, names)
+    ref = independent(bundled, cat, names)
+    for n in names:
+        assert np.array_equal(ours[n], ref[n]), n
+
+
+def test_all_layers_in_one_pass(bundled, cat):
+    acts = A.compute(bundled, cat)
+    assert list(acts) == A.spatial_layers(bundled)
+    assert acts["_swish#1"].shape == (1280, 7, 7) and acts["_swish#1"].dtype == np.float32
+    assert 50 < A.nbytes(acts) / 2**20 < 100  # the page caches this per image: ~75 MB
+
+
+def test_channel_stats_and_orders():
+    a = np.zeros((3, 2, 2), np.float32)
+    a[0] = [[1, 0], [0, 0]]  # mean .25, max 1, zeros .75
+    a[1] = [[2, 2], [2, 2]]  # mean 2, max 2, zeros 0
+    a[2] = [[0, 0], [0, 5]]  # mean 1.25, max 5, zeros .75
+    s = A.ChannelStats.of(a)
+    assert s.mean.tolist() == [0.25, 2.0, 1.25] and s.zeros.tolist() == [0.75, 0.0, 0.75]
+    assert s.order("mean").tolist() == [1, 2, 0]
+    assert s.order("max").tolist() == [2, 1, 0]
+    assert s.order("sparsity").tolist() == [0, 2, 1]  # ties by index
+
+
+def test_mosaic_layout_and_scaling():
+    a = np.stack([np.full((4, 4), v, np.float32) for v in (0.0, 1.0, 2.0, 4.0, 8.0)])
+    rgb, grid = A.mosaic(a, np.arange(5), "global")
+    assert grid.cols * grid.rows >= 5 and rgb.shape == (grid.rows * 5 - 1, grid.cols * 5 - 1, 3)
+    y, x = (int(v) for v in grid.centre(4))
+    assert tuple(rgb[y, x]) == (255, 255, 255)  # the strongest channel is white
+    y, x = (int(v) for v in grid.centre(0))
+    assert tuple(rgb[y, x]) == (0, 0, 0)
+    assert tuple(rgb[4, 0]) == A.GAP_RGB  # separator row
+    ramp = np.stack([np.linspace(0, s, 16, dtype=np.float32).reshape(4, 4) for s in (1, 100)])
+    per, g = A.mosaic(ramp, np.arange(2), "channel")
+    y0, x0 = int(g.centre(0)[0]) + 2, int(g.centre(0)[1]) + 2  # bottom-right of tile 0
+    assert per[y0, x0, 0] == 255  # each tile stretched to its own max
+    glob, _ = A.mosaic(ramp, np.arange(2), "global")
+    assert glob[y0, x0, 0] < 5  # on the shared scale the weak channel is near black
+
+
+def test_mosaic_shrinks_large_layers_within_budget():
+    a = np.random.default_rng(0).random((96, 112, 112), dtype=np.float32)
+    rgb, grid = A.mosaic(a, max_pixels=400_000)
+    assert rgb.shape[0] * rgb.shape[1] <= 400_000 and grid.tile_h == 56
+
+
+def test_compare_mirror_ranks_by_mean_change(bundled, cat):
+    a = A.compute(bundled, cat, ["_blocks.10._swish"])["_blocks.10._swish"]
+    b = A.compute(bundled, ImageOps.mirror(cat), ["_blocks.10._swish"])["_blocks.10._swish"]
+    rows = A.compare(a, b)
+    diffs = [abs(r["diff"]) for r in rows]
+    assert diffs == sorted(diffs, reverse=True) and len(rows) == a.shape[0]
+    assert rows[0]["diff"] == pytest.approx(b[rows[0]["index"]].mean() - a[rows[0]["index"]].mean(), rel=1e-5)
+
+
+def test_unknown_layer_suggests_close_names(bundled):
+    with pytest.raises(A.LayerNotFound, match="_blocks.3._expand_conv"):
+        A.check_layer(bundled, "_blocks.3.expand_conv")
+    with pytest.raises(A.LayerNotFound):
+        A.check_layer(bundled, "_fc")  # exists, but has no maps
+
+
+def test_cli_json_matches_backend(capsys, bundled, samples, cat, tmp_path):
+    out_png, out_npy = tmp_path / "m.png", tmp_path / "a.npy"
+    assert main(["activations", str(samples["cat"]), "--layer", "_blocks.3._expand_conv", "--json",
+                 "--out", str(out_png), "--npy", str(out_npy)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"model", "layer", "shape", "channels", "top", "seconds"}
+    acts = A.compute(bundled, cat, ["_blocks.3._expand_conv"])["_blocks.3._expand_conv"]
+    assert out["shape"] == [144, 56, 56] and len(out["channels"]) == 144
+    assert np.array_equal(np.load(out_npy), acts)
+    means = np.array([c["mean"] for c in out["channels"]])
+    assert out["top"] == np.argsort(-means, kind="stable")[:16].tolist()
+    assert out["channels"][7]["zeros"] == float((acts[7] == 0).mean())
+    assert Image.open(out_png).size[0] > 100
+
+
+def test_cli_unknown_layer_exit_2_with_candidates(capsys, samples):
+    assert main(["activations", str(samples["cat"]), "--layer", "_blocks.3.expand"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Closest: _blocks.3._expand_conv" in err[0]

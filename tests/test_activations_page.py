@@ -1,0 +1,109 @@
+"""The Activations page in AppTest: layer walk, channel clicks, compare, no needless passes."""
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cnnviz import activations as A
+from cnnviz.images import load_image
+
+from .conftest import ROOT
+
+
+@pytest.fixture
+def page():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    at.switch_page("pages/activations.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def channel_title(at) -> str:
+    return [h.value for h in at.main.subheader if h.value.startswith("Channel")][0]
+
+
+def stats_shown(at) -> dict:
+    return {m.label: m.value for m in at.main.metric}
+
+
+def test_defaults_and_url(page, bundled):
+    first = A.spatial_layers(bundled)[0]
+    assert page.selectbox(key="act_layer").value == first
+    assert page.query_params["layer"] in (first, [first])
+    assert channel_title(page) == "Channel 0"
+
+
+def test_layer_change_shows_that_layers_numbers(page, bundled, samples):
+    page.selectbox(key="act_layer").set_value("_swish#1").run()
+    assert not page.exception
+    acts = A.compute(bundled, load_image(samples["cat"]), ["_swish#1"])["_swish#1"]
+    assert page.number_input(key="act_channel").max == 1279
+    assert stats_shown(page)["max"] == f"{acts[0].max():.4g}"
+    assert page.slider(key="act_depth").value == A.spatial_layers(bundled).index("_swish#1") + 1
+    page.button[[b.label for b in page.button].index("Shallower")].click().run()
+    names = A.spatial_layers(bundled)
+    assert page.selectbox(key="act_layer").value == names[names.index("_swish#1") - 1]
+
+
+def test_depth_slider_walks_layers(page, bundled):
+    page.slider(key="act_depth").set_value(5).run()
+    assert page.selectbox(key="act_layer").value == A.spatial_layers(bundled)[4]
+
+
+def test_mosaic_click_selects_a_channel(page, bundled, samples):
+    page.session_state["act_mosaic"] = {"selection": {"points": [{"customdata": 17, "point_index": 3}]}}
+    page.run()
+    assert not page.exception
+    assert channel_title(page) == "Channel 17" and page.number_input(key="act_channel").value == 17
+    acts = A.compute(bundled, load_image(samples["cat"]), ["_conv_stem"])["_conv_stem"]
+    assert stats_shown(page)["mean"] == f"{acts[17].mean(dtype=np.float64):.4g}"
+    assert page.query_params["channel"] in ("17", ["17"])
+    page.number_input(key="act_channel").set_value(3).run()  # the old click does not win again
+    assert channel_title(page) == "Channel 3"
+
+
+def test_depth_chart_click_jumps_to_layer(page):
+    page.session_state["act_depth_chart"] = {"selection": {"points": [{"customdata": "_blocks.6._bn1"}]}}
+    page.run()
+    assert page.selectbox(key="act_layer").value == "_blocks.6._bn1"
+
+
+def test_query_params_open_a_view():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.query_params.update({"layer": "_blocks.2._swish", "channel": "5", "sort": "max", "scale": "channel"})
+    at.switch_page("pages/activations.py").run()
+    assert not at.exception
+    assert at.selectbox(key="act_layer").value == "_blocks.2._swish"
+    assert channel_title(at) == "Channel 5"
+    assert at.radio(key="act_sort").value == "max" and at.radio(key="act_scale").value == "channel"
+
+
+def test_compare_modes(page, bundled, samples):
+    page.selectbox(key="act_layer").set_value("_blocks.10._swish").run()
+    assert page.selectbox(key="act_other").value == "mirror"
+    assert not page.exception
+    page.selectbox(key="act_other").set_value("coffee").run()
+    assert not page.exception and not page.error
+    charts = [c.proto.spec for c in page.main.get("plotly_chart")]
+    assert any("channel 0: coffee" in spec for spec in charts)
+    a = A.compute(bundled, load_image(samples["cat"]), ["_blocks.10._swish"])["_blocks.10._swish"]
+    b = A.compute(bundled, load_image(samples["coffee"]), ["_blocks.10._swish"])["_blocks.10._swish"]
+    top = A.compare(a, b)[0]["index"]
+    assert any(f"ch {top} " in spec for spec in charts)
+
+
+def test_view_changes_run_no_forward_pass(page):
+    from cnnviz import models
+    from cnnviz.app import cache
+
+    calls = []
+    handle = cache.model(models.BUNDLED_ID).net.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        page.number_input(key="act_channel").set_value(9).run()
+        page.radio(key="act_sort").set_value("sparsity").run()
+        page.radio(key="act_scale").set_value("channel").run()
+        page.slider(key="act_opacity").set_value(0.3).run()
+        page.selectbox(key="act_layer").set_value("_blocks.5._bn2").run()
+        assert not page.exception
+        assert calls == []
+    finally:
+        handle.remove()
