@@ -170,3 +170,34 @@ def test_rerun_with_same_image_and_model_does_no_forward_pass(app):
         assert calls == [1]
     finally:
         handle.remove()
+
+
+def test_online_download_shows_progress_then_loads_from_cache(app, monkeypatch):
+    """Online: the weights stream into torch's cache under a progress bar, once."""
+    import re
+    import urllib.request
+
+    weights = torchvision.models.RegNet_Y_400MF_Weights.DEFAULT
+    buf = io.BytesIO()
+    torch.save(models.load("torchvision:regnet_y_400mf@random").net.state_dict(), buf)
+    data = buf.getvalue()
+
+    class Response(io.BytesIO):
+        headers = {"Content-Length": str(len(data))}
+
+    requested = []
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, *a, **k: requested.append(url) or Response(data))
+    monkeypatch.setattr(torch.hub, "HASH_REGEX", re.compile(r"(?!)"))  # these bytes are not the real file
+    seen = []
+    real = models.download_weights
+    monkeypatch.setattr(models, "download_weights",
+                        lambda w, progress=None, **k: real(w, lambda d, t: (seen.append((d, t)), progress(d, t)), **k))
+    try:
+        app.sidebar.selectbox(key="model_id").set_value("torchvision:regnet_y_400mf").run()
+        assert not app.exception and not app.sidebar.error
+        assert requested == [weights.url]
+        assert seen and seen[-1] == (len(data), len(data))  # the sidebar's st.progress was fed
+        assert app.sidebar.metric[0].label == "RegNetY-400MF says"
+        assert models.weights_file(weights).read_bytes() == data
+    finally:
+        models.weights_file(weights).unlink(missing_ok=True)
