@@ -94,7 +94,17 @@ if (ch := _clicked("act_mosaic")) is not None and 0 <= int(ch) < C:
 
 # ---------------------------------------------------------------- layer picker
 
-left, mid, right = st.columns([6, 1, 1], vertical_alignment="bottom")
+def _block(name: str) -> str:
+    return name.split("#")[0].rsplit(".", 1)[0] if "." in name else "top level (stem, head)"
+
+
+blocks = {}
+for n in names:  # stage/block -> its first layer, in execution order
+    blocks.setdefault(_block(n), n)
+ss["act_block"] = _block(ss["act_layer"])
+
+group, left, mid, right = st.columns([2, 5, 1, 1], vertical_alignment="bottom")
+group.selectbox("Block", list(blocks), key="act_block", on_change=lambda: _set_layer(blocks[ss["act_block"]]))
 left.selectbox("Layer (execution order)", names, key="act_layer", format_func=_label, on_change=_on_layer)
 mid.button("Shallower", on_click=_step, args=(-1,), width="stretch", disabled=ss["act_layer"] == names[0])
 right.button("Deeper", on_click=_step, args=(1,), width="stretch", disabled=ss["act_layer"] == names[-1])

@@ -44,6 +44,13 @@ def test_layer_change_shows_that_layers_numbers(page, bundled, samples):
     assert page.selectbox(key="act_layer").value == names[names.index("_swish#1") - 1]
 
 
+def test_block_picker_jumps_to_the_blocks_first_layer(page):
+    page.selectbox(key="act_block").set_value("_blocks.4").run()
+    assert page.selectbox(key="act_layer").value == "_blocks.4._expand_conv"
+    page.selectbox(key="act_layer").set_value("_swish#1").run()
+    assert page.selectbox(key="act_block").value == "top level (stem, head)"
+
+
 def test_depth_slider_walks_layers(page, bundled):
     page.slider(key="act_depth").set_value(5).run()
     assert page.selectbox(key="act_layer").value == A.spatial_layers(bundled)[4]
