@@ -63,7 +63,7 @@ class Recorder(contextlib.AbstractContextManager):
     def __init__(self, model: Model | nn.Module, layers=None, *, detach: bool = True):
         self.net = model.net if isinstance(model, Model) else model
         self._lock = model.lock if isinstance(model, Model) else contextlib.nullcontext()
-        modules = layer_modules(self.net)
+        modules = model.layer_modules if isinstance(model, Model) else layer_modules(self.net)
         if layers is None:
             self._wanted = {n: None for n in modules}
         else:
@@ -149,7 +149,7 @@ def record(model: Model, x: torch.Tensor, layers=None) -> tuple[torch.Tensor, di
 
 def probe_layers(model: Model) -> list[LayerInfo]:
     """Every recorded call of every inspectable layer, for the model's input size."""
-    modules = layer_modules(model.net)
+    modules = model.layer_modules
     x = torch.zeros(1, 3, *model.input_size)
     _, outs = record(model, x)
     infos = []

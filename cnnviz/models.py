@@ -113,6 +113,13 @@ class Model:
         return probe_layers(self)
 
     @cached_property
+    def layer_modules(self) -> dict[str, nn.Module]:
+        """Inspectable modules by path (see hooks.layer_modules), found once."""
+        from .hooks import layer_modules
+
+        return layer_modules(self.net)
+
+    @cached_property
     def params(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
 
