@@ -14,6 +14,8 @@ from . import models
 from .images import ImageError, load_image
 from .activations import LayerNotFound
 from .models import ModelError
+from .predict import UnknownClass
+from .saliency import SaliencyError
 
 
 class UsageError(Exception):
@@ -75,6 +77,33 @@ def _save_png(rgb, path: str) -> None:
         raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
 
 
+def cmd_saliency(args) -> dict:
+    from . import saliency as S
+    from .predict import class_index, probabilities
+
+    image = load_image(args.image)
+    model = models.load(args.model, progress=_stderr_progress)
+    probs = probabilities(model, image)
+    target = class_index(model, args.target) if args.target is not None else int(probs.argmax())
+    contrast = class_index(model, args.contrast) if args.contrast is not None else None
+    if args.method in S.CAM_METHODS + ("guided_gradcam",):
+        S.check_cam_layer(model, args.layer)
+    elif args.layer:
+        raise UsageError(f"--layer applies to Grad-CAM-style methods, not {args.method}")
+    att, seconds = _timed(lambda: S.attribute(model, image, args.method, target, args.layer, contrast))
+    if args.out:
+        from .render import overlay
+
+        _save_png(__import__("numpy").asarray(overlay(model.input_image(image), att.map, 0.5, "jet")), args.out)
+    if args.npy:
+        import numpy as np
+
+        np.save(args.npy, att.map)
+    return {"model": model.id, "method": args.method, "layer": att.layer,
+            "target": {"index": target, "label": model.categories[target], "prob": float(probs[target])},
+            "shape": list(att.map.shape), "peak": list(att.peak), "seconds": seconds}
+
+
 def cmd_models(args) -> dict:
     return {"models": [
         {"id": e.id, "source": e.source, "available": e.available, "params": e.params}
@@ -121,6 +150,10 @@ def _print_human(cmd: str, out: dict) -> None:
         for i in out["top"][:8]:
             ch = out["channels"][i]
             print(f"  channel {i:>4}  mean {ch['mean']:9.4f}  max {ch['max']:9.4f}  zeros {ch['zeros']:6.1%}")
+    elif cmd == "saliency":
+        t = out["target"]
+        print(f"{out['method']} of {out['model']} for {t['label']} ({t['index']}, p={t['prob']:.3f})"
+              + (f" at {out['layer']}" if out["layer"] else "") + f": peak at {out['peak']}")
     elif cmd == "layers":
         print(f"{out['model']}, input {out['input_size'][0]}x{out['input_size'][1]}:")
         for l in out["layers"]:
@@ -150,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--layer", required=True, help="a layer name from `layers` (e.g. _blocks.3._expand_conv)")
     sp.add_argument("--out", help="write the channel mosaic as PNG")
     sp.add_argument("--npy", help="write the activations [C, H, W] as .npy")
+    from .saliency import METHODS
+
+    sp = add("saliency", cmd_saliency, "Which pixels drove a class score (Grad-CAM and friends).")
+    sp.add_argument("image")
+    sp.add_argument("--method", required=True, choices=METHODS)
+    sp.add_argument("--layer", help="for CAM methods (default: the last spatial layer)")
+    sp.add_argument("--target", help="class index or name (default: the top-1 class)")
+    sp.add_argument("--contrast", help="explain target rather than this class (logit difference)")
+    sp.add_argument("--out", help="write the map over the image as PNG")
+    sp.add_argument("--npy", help="write the map [H, W] (input resolution, float32) as .npy")
     add("models", cmd_models, "Models on offer and whether each works offline.", model=False)
     add("layers", cmd_layers, "Inspectable layers in execution order, with output shapes.")
     sp = add("download", cmd_download, "Fetch a torchvision model's weights into the local cache.", model=False)
@@ -161,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         out = args.fn(args)
-    except (UsageError, ImageError, ModelError, LayerNotFound) as e:
+    except (UsageError, ImageError, ModelError, LayerNotFound, UnknownClass, SaliencyError) as e:
         print(f"cnnviz: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

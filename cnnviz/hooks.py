@@ -160,3 +160,43 @@ def probe_layers(model: Model) -> list[LayerInfo]:
             params=sum(p.numel() for p in m.parameters()),
         ))
     return infos
+
+
+_ACTIVATIONS = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "silu", "gelu", "hardswish", "leaky_relu",
+                "elu", "mish", "sigmoid", "tanh"}
+
+
+def unguided_activations(model: Model) -> list[str]:
+    """Activation functions applied outside an nn.ReLU module in one forward pass
+    (ReLU6/SiLU modules, or F.relu inside another module's forward, as in DenseNet).
+    Guided Backprop only modifies nn.ReLU modules, so these would pass plain gradients."""
+    from torch.overrides import TorchFunctionMode
+
+    depth = [0]  # > 0 while an nn.ReLU module runs
+    found: set[str] = set()
+
+    class Spy(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            if name in _ACTIVATIONS and not depth[0]:
+                found.add(name)
+            return func(*args, **(kwargs or {}))
+
+    def enter(*_):
+        depth[0] += 1
+
+    def leave(*_):
+        depth[0] -= 1
+
+    handles = []
+    with model.lock:
+        try:
+            for m in model.net.modules():
+                if type(m) is nn.ReLU:
+                    handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
+            with torch.no_grad(), Spy():
+                model.net(torch.zeros(1, 3, *model.input_size))
+        finally:
+            for h in handles:
+                h.remove()
+    return sorted(found)

@@ -36,3 +36,26 @@ def top_k(model: Model, probs: np.ndarray, k: int = 5) -> list[Top]:
 
 def predict(model: Model, image: Image.Image, k: int = 5) -> list[Top]:
     return top_k(model, probabilities(model, image), k)
+
+
+class UnknownClass(ValueError):
+    """A class given by index or name that the model does not have."""
+
+
+def class_index(model: Model, value: str | int) -> int:
+    """A class by index ("281") or by name ("tabby", case-insensitive)."""
+    text = str(value).strip()
+    n = len(model.categories)
+    if text.lstrip("-").isdigit():
+        i = int(text)
+        if 0 <= i < n:
+            return i
+        raise UnknownClass(f"Class {i} does not exist; the model has {n} classes (0 to {n - 1}).")
+    lowered = [c.lower() for c in model.categories]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    import difflib
+
+    close = difflib.get_close_matches(text.lower(), lowered, n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(model.categories[lowered.index(c)] for c in close)}?" if close else ""
+    raise UnknownClass(f"No class named {text!r}.{hint}")
