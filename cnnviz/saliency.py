@@ -191,6 +191,38 @@ def _scorecam(model, score, x, layer, batch_size) -> np.ndarray:
     return F.relu((weights[:, None, None] * act).sum(0)).numpy()
 
 
+def stage_layers(model: Model) -> list[str]:
+    """The last CAM layer at each spatial resolution: one per stage of the network."""
+    last: dict[tuple, str] = {}
+    for name in cam_layers(model):
+        last[next(l.shape[1:] for l in model.layers if l.name == name)] = name
+    return list(last.values())
+
+
+def gradcam_sweep(model: Model, image: Image.Image, target: int | None = None, contrast: int | None = None,
+                  layers: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Grad-CAM at several layers from one forward and one backward pass, each map
+    upsampled to the input: early layers are sharp but literal, late ones coarse
+    but semantic."""
+    x = model.to_pixels(image)
+    layers = [check_cam_layer(model, l) for l in (layers or stage_layers(model))]
+    with model.lock:
+        if target is None:
+            with torch.no_grad():
+                target = int(model.pixel_net(x).argmax(1))
+        score = _Score(model.pixel_net, target, contrast)
+        xg = x.detach().requires_grad_(True)
+        with Recorder(model, layers, detach=False) as rec, torch.enable_grad():
+            s = score(xg).sum()
+            acts = [rec.outputs[l] for l in layers]
+            grads = torch.autograd.grad(s, acts)
+    out = {}
+    for name, act, grad in zip(layers, acts, grads):
+        cam = F.relu((grad[0].mean((1, 2))[:, None, None] * act.detach()[0]).sum(0)).numpy()
+        out[name] = upsample(cam, x.shape[-2:])
+    return out
+
+
 # ---------------------------------------------------------------- Captum
 
 def _captum(method, score, x, batch_size, samples, std, steps, window, stride):

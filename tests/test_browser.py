@@ -161,3 +161,18 @@ def test_click_a_mosaic_tile_to_enlarge_it(browser, server):
     expect(page.get_by_role("heading", name=f"Channel {hovered}")).to_be_visible(timeout=30_000)
     assert hovered != "0"
     expect(page.get_by_test_id("stException")).to_have_count(0)
+
+
+def test_switch_saliency_method_shows_a_new_overlay(browser, server):
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(f"{server.url}/saliency?sample=coffee&method=gradcam")
+    expect(page.get_by_text("Grad-CAM for espresso")).to_be_visible(timeout=120_000)
+    wait_idle(page)
+    before = page.get_by_test_id("stImage").filter(has_text="Map over the network").locator("img").first.get_attribute("src")
+    page.locator(".st-key-sal_method").click()
+    page.get_by_role("option", name="Vanilla gradients").click()
+    expect(page.get_by_text("Vanilla gradients for espresso")).to_be_visible(timeout=60_000)
+    wait_idle(page)
+    after = page.get_by_test_id("stImage").filter(has_text="Map over the network").locator("img").first.get_attribute("src")
+    assert after != before
+    expect(page.get_by_test_id("stException")).to_have_count(0)

@@ -67,3 +67,21 @@ def mosaic(model_id: str, sha: str, layer: str, sort: str, scale: str, _acts: np
 
     stats = acts.ChannelStats.of(_acts)
     return acts.mosaic(_acts, stats.order(sort), scale)
+
+
+# ---------------------------------------------------------------- saliency
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def attribution(model_id: str, sha: str, method: str, target: int, layer: str | None, contrast: int | None,
+                _model: models.Model, _image: Image.Image):
+    from cnnviz import saliency
+
+    return saliency.attribute(_model, _image, method, target, layer, contrast)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def gradcam_sweep(model_id: str, sha: str, target: int, contrast: int | None, _model: models.Model,
+                  _image: Image.Image) -> dict:
+    from cnnviz import saliency
+
+    return saliency.gradcam_sweep(_model, _image, target, contrast)

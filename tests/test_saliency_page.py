@@ -1,0 +1,85 @@
+"""The Saliency page in AppTest: every method, targets, contrast, URL, no recompute on view changes."""
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cnnviz import saliency as S
+from cnnviz.images import load_image
+from cnnviz.predict import predict
+
+from .conftest import ROOT
+
+
+@pytest.fixture
+def page():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
+    at.switch_page("pages/saliency.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def caption(at) -> str:
+    return next(c.value for c in at.main.caption if " for **" in c.value)
+
+
+def test_defaults_explain_the_top1_at_the_default_layer(page, bundled, samples):
+    top1 = predict(bundled, load_image(samples["cat"]), 1)[0]
+    assert page.selectbox(key="sal_target").value == top1.index
+    assert page.selectbox(key="sal_layer").value == "_swish#1"
+    assert f"for **{top1.label}** at `_swish#1`" in caption(page)
+    assert page.query_params["method"] in ("gradcam", ["gradcam"])
+
+
+@pytest.mark.parametrize("method", [m for m in S.METHODS if m != "scorecam"])
+def test_each_method(page, method):
+    page.selectbox(key="sal_method").set_value(method).run()
+    assert not page.exception
+    if method in S.GUIDED:  # the bundled model uses ReLU6: refused, with the reason
+        assert any("ReLU6" in w.value for w in page.warning)
+    else:
+        assert not page.warning and S.METHODS and caption(page).startswith(f"**")
+
+
+def test_scorecam_on_a_small_layer(page):
+    page.selectbox(key="sal_method").set_value("scorecam").run()
+    page.selectbox(key="sal_layer").set_value("_blocks.15._project_conv").run()
+    assert not page.exception and "Score-CAM" in caption(page)
+
+
+def test_top5_button_and_contrast(page, bundled, samples):
+    top = predict(bundled, load_image(samples["cat"]), 5)
+    page.button(key=f"sal_top_{top[2].index}").click().run()
+    assert page.selectbox(key="sal_target").value == top[2].index
+    page.toggle(key="sal_contrastive").set_value(True).run()
+    assert not page.exception
+    other = page.selectbox(key="sal_contrast").value
+    assert other != top[2].index
+    assert f"{top[2].label}** rather than" not in caption(page)
+    assert f"for **{top[2].label} rather than {bundled.categories[other]}**" in caption(page)
+    assert page.query_params["contrast"] in (str(other), [str(other)])
+
+
+def test_query_params_open_a_view():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.query_params.update({"method": "gradients", "target": "281", "contrast": "282"})
+    at.switch_page("pages/saliency.py").run()
+    assert not at.exception
+    assert at.selectbox(key="sal_method").value == "gradients"
+    assert "for **tabby rather than tiger cat**" in caption(at)
+
+
+def test_view_changes_recompute_nothing(page, monkeypatch):
+    calls = []
+    real = S.attribute
+    monkeypatch.setattr(S, "attribute", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    page.slider(key="sal_opacity").set_value(0.8).run()
+    page.selectbox(key="sal_cmap").set_value("viridis").run()
+    assert not page.exception and calls == []
+
+
+def test_layer_sweep_matches_single_layer_gradcam(bundled, samples):
+    img = load_image(samples["cat"])
+    sweep = S.gradcam_sweep(bundled, img)
+    assert list(sweep) == S.stage_layers(bundled) and len(sweep) == 5
+    for name, cam in sweep.items():
+        assert np.allclose(cam, S.attribute(bundled, img, "gradcam", layer=name).map, atol=1e-5)
