@@ -1,0 +1,144 @@
+"""Saliency benchmarks (issue #4), medians and ratios from one run.
+
+Grad-CAM against a bare forward+backward pass (to the input) of the same model, and
+against pytorch-grad-cam's GradCAM, torchcam's GradCAM and Captum's LayerGradCam on
+the same layer and target; the layer sweep against one Grad-CAM; Score-CAM on the
+bundled model's last layer (1280 channels) against pytorch-grad-cam's ScoreCAM at the
+1280-channel layer it can reach (`_conv_head`; it cannot name the shared ReLU6's second
+call); IG, SmoothGrad and Occlusion per pass against a bare forward(+backward).
+
+    pip install -r bench/requirements.txt && python bench/bench_saliency.py
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from common import interleaved, median, report  # noqa: E402
+
+from cnnviz import models  # noqa: E402
+from cnnviz import saliency as S  # noqa: E402
+from cnnviz.images import load_image  # noqa: E402
+
+SAMPLE = ROOT / "assets" / "samples" / "cat.jpg"
+
+
+def gradcam_rows(model_id: str, layer: str, repeats: int) -> list[dict]:
+    from captum.attr import LayerGradCam
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from torchcam.methods import GradCAM as TorchcamGradCAM
+
+    model = models.load(model_id)
+    image = load_image(SAMPLE)
+    x = model.to_pixels(image)
+    target = int(model.pixel_net(x).argmax())
+    peer_net = copy.deepcopy(model.pixel_net).requires_grad_(True)  # the peers need trainable weights
+    module = dict(peer_net[1].named_modules())[layer]
+    pgc = GradCAM(model=peer_net, target_layers=[module])
+    tc = TorchcamGradCAM(peer_net, target_layer=module)
+    cap = LayerGradCam(model.pixel_net, dict(model.net.named_modules())[layer])
+
+    def bare():
+        xi = x.detach().requires_grad_(True)
+        model.pixel_net(xi)[0, target].backward()
+
+    def ours():
+        S.attribute(model, x, "gradcam", target, layer)
+
+    def pytorch_grad_cam():
+        pgc(input_tensor=x, targets=[ClassifierOutputTarget(target)])
+
+    def torchcam():
+        out = peer_net(x)
+        tc(target, out)
+
+    def captum():
+        cap.attribute(x.detach().requires_grad_(True), target=target)
+
+    t = interleaved({"bare": bare, "ours": ours, "pytorch-grad-cam": pytorch_grad_cam, "torchcam": torchcam,
+                     "captum": captum}, repeats)
+    b = median(t["bare"])
+    rows = [{"case": f"{name}: {model_id} @ {layer}", "baseline_ms": b * 1e3, "measured_ms": median(v) * 1e3,
+             "ratio": median(v) / b, "goal": "<= 1.2 and fastest" if name == "ours" else "peer"}
+            for name, v in t.items() if name != "bare"]
+    tc.remove_hooks()
+    return rows
+
+
+def sweep_row(repeats: int) -> dict:
+    model = models.load(models.BUNDLED_ID)
+    image = load_image(SAMPLE)
+    layers = S.stage_layers(model)
+    t = interleaved({"one": lambda: S.attribute(model, image, "gradcam", 285),
+                     "sweep": lambda: S.gradcam_sweep(model, image, 285)}, repeats)
+    o, s = median(t["one"]), median(t["sweep"])
+    return {"case": f"layer sweep over {len(layers)} stages vs one Grad-CAM", "baseline_ms": o * 1e3,
+            "measured_ms": s * 1e3, "ratio": s / o, "goal": "one forward + one backward"}
+
+
+def scorecam_row() -> dict:
+    from pytorch_grad_cam import ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = models.load(models.BUNDLED_ID)
+    image = load_image(SAMPLE)
+    x = model.to_pixels(image)
+    peer = copy.deepcopy(model.pixel_net)
+    cam = ScoreCAM(model=peer, target_layers=[peer[1]._conv_head])
+    runs = {}
+    for name, fn in {"ours": lambda: S.attribute(model, x, "scorecam", 285, "_swish#1"),
+                     "peer": lambda: cam(input_tensor=x, targets=[ClassifierOutputTarget(285)])}.items():
+        t = time.perf_counter()
+        fn()
+        runs[name] = time.perf_counter() - t
+    o, p = runs["ours"], runs["peer"]
+    return {"case": "Score-CAM, 1280 channels (ours @ _swish#1, peer @ _conv_head)",
+            "baseline_ms": p * 1e3, "measured_ms": o * 1e3, "ratio": o / p, "goal": "<= 0.5 of pytorch-grad-cam"}
+
+
+def multipass_rows() -> list[dict]:
+    model = models.load(models.BUNDLED_ID)
+    x = model.to_pixels(load_image(SAMPLE))
+
+    def fwd():
+        with torch.no_grad():
+            model.pixel_net(x)
+
+    def fwd_bwd():
+        xi = x.detach().requires_grad_(True)
+        model.pixel_net(xi)[0, 285].backward()
+
+    base = interleaved({"f": fwd, "fb": fwd_bwd}, 10)
+    f, fb = median(base["f"]), median(base["fb"])
+    rows = []
+    for method, passes, per in (("ig", 32, fb), ("smoothgrad", 24, fb), ("occlusion", 13 * 13 + 1, f)):
+        t = time.perf_counter()
+        S.attribute(model, x, method, 285)
+        s = time.perf_counter() - t
+        rows.append({"case": f"{method}: {passes} passes, per pass", "baseline_ms": per * 1e3,
+                     "measured_ms": s / passes * 1e3, "ratio": s / passes / per,
+                     "goal": "batched; vs bare forward" + ("" if method == "occlusion" else "+backward")})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=20)
+    args = ap.parse_args()
+    rows = [*gradcam_rows(models.BUNDLED_ID, "_bn1", args.repeats),
+            *gradcam_rows("torchvision:resnet18@random", "layer4.1.conv2", args.repeats),
+            sweep_row(args.repeats), *multipass_rows(), scorecam_row()]
+    report("saliency", rows)
+
+
+if __name__ == "__main__":
+    main()
