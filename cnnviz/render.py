@@ -125,3 +125,25 @@ def overlay(base, heat, opacity: float = 0.5, cmap: str = "inferno"):
     big = Image.fromarray((norm * 255).astype(np.uint8)).resize(base.size, Image.BILINEAR)
     colored = (matplotlib.colormaps[cmap](np.asarray(big) / 255.0)[..., :3] * 255).astype(np.uint8)
     return Image.blend(base.convert("RGB"), Image.fromarray(colored), opacity)
+
+
+# ---------------------------------------------------------------- trust checks
+
+def randomization_figure(result: dict) -> go.Figure:
+    fig = go.Figure()
+    for method, rho in result["correlation"].items():
+        fig.add_trace(go.Scatter(x=result["steps"], y=rho, mode="lines+markers", name=method))
+    fig.update_layout(yaxis=dict(title="rank correlation with the trained model's map", range=[-0.2, 1.05]),
+                      xaxis_title="weights randomized, from the top", height=380, margin=dict(l=10, r=10, t=10, b=10))
+    return fig
+
+
+def deletion_figure(curves: dict[str, list[float]], areas: dict[str, float]) -> go.Figure:
+    fig = go.Figure()
+    for name, ys in curves.items():
+        xs = [i / (len(ys) - 1) for i in range(len(ys))]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"{name} (area {areas[name]:.3f})",
+                                 line=dict(dash="dot") if name == "random order" else None))
+    fig.update_layout(xaxis=dict(title="fraction of pixels removed (most salient first)", tickformat=".0%"),
+                      yaxis_title="target probability", height=380, margin=dict(l=10, r=10, t=10, b=10))
+    return fig

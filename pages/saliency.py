@@ -5,6 +5,7 @@ import streamlit as st
 
 from cnnviz import render
 from cnnviz import saliency as S
+from cnnviz import trust
 from cnnviz.app import cache
 from cnnviz.app.router import selection
 
@@ -89,7 +90,7 @@ for k in ("layer", "contrast"):
 qp.update(params)
 
 what = model.categories[target] + (f" rather than {model.categories[contrast]}" if contrast is not None else "")
-tab_one, tab_grid, tab_sweep = st.tabs(["Map", "Methods side by side", "Layer sweep"])
+tab_one, tab_grid, tab_sweep, tab_trust = st.tabs(["Map", "Methods side by side", "Layer sweep", "Trust checks"])
 
 with tab_one:
     try:
@@ -144,3 +145,37 @@ with tab_sweep:
     for col, (name, cam) in zip(cols, sweep.items()):
         shape = next(l.shape for l in model.layers if l.name == name)
         col.image(render.overlay(base, cam, opacity, cmap), caption=f"{name} ({shape[1]}x{shape[2]})", width="stretch")
+
+with tab_trust:
+    st.markdown(
+        "**Model randomization** (Adebayo et al. 2018): the weights are re-drawn from the top "
+        "block down; a method whose map stays the same is not explaining what the model learned. "
+        "**Deletion**: the most salient pixels are blurred away first; a faithful map makes the "
+        "probability fall faster (smaller area) than a random order."
+    )
+    valid = [m for m in S.METHODS if m not in S.GUIDED and m != "scorecam"]
+    checked = st.multiselect("Methods to check", valid, default=["gradcam", "gradients", "ig"], key="sal_trust_methods",
+                             format_func=LABELS.get)
+    key = (model.id, sel.image_sha, target, tuple(checked))
+    if st.button("Run the checks", key="sal_trust_run", disabled=not checked):
+        bar = st.progress(0.0, text="Randomizing the model, top block first...")
+        rand = trust.randomization_check(model, sel.image, checked, target,
+                                         progress=lambda f, text: bar.progress(f * 0.8, text=text))
+        curves, areas = {}, {}
+        for i, m in enumerate(checked + ["random order"]):
+            sal = None if m == "random order" else cache.attribution(
+                model.id, sel.image_sha, m, target, model.gradcam_layer if m in S.CAM_METHODS else None,
+                None, model, sel.image).map
+            curve = trust.deletion_curve(model, sel.image, sal, target)
+            curves[LABELS.get(m, m)], areas[LABELS.get(m, m)] = curve.tolist(), trust.area(curve)
+            bar.progress(0.8 + 0.2 * (i + 1) / (len(checked) + 1), text=f"Deletion curve: {LABELS.get(m, m)}")
+        bar.empty()
+        ss["sal_trust"] = (key, rand, curves, areas)
+    if ss.get("sal_trust") and ss["sal_trust"][0] == key:
+        _, rand, curves, areas = ss["sal_trust"]
+        rand = {**rand, "correlation": {LABELS[m]: v for m, v in rand["correlation"].items()}}
+        t1, t2 = st.columns(2)
+        t1.plotly_chart(render.randomization_figure(rand), key="sal_rand_chart")
+        t2.plotly_chart(render.deletion_figure(curves, areas), key="sal_del_chart")
+    else:
+        st.caption("The checks run about a dozen attributions; press the button to start.")

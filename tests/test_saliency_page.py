@@ -83,3 +83,13 @@ def test_layer_sweep_matches_single_layer_gradcam(bundled, samples):
     assert list(sweep) == S.stage_layers(bundled) and len(sweep) == 5
     for name, cam in sweep.items():
         assert np.allclose(cam, S.attribute(bundled, img, "gradcam", layer=name).map, atol=1e-5)
+
+
+def test_trust_checks_run_on_demand(page):
+    page.multiselect(key="sal_trust_methods").set_value(["gradcam", "gradients"]).run()
+    assert not page.get("plotly_chart") or all("rank correlation" not in c.proto.spec for c in page.get("plotly_chart"))
+    page.button(key="sal_trust_run").click().run()
+    assert not page.exception
+    specs = [c.proto.spec for c in page.get("plotly_chart")]
+    assert any("rank correlation" in s and "Grad-CAM" in s for s in specs)
+    assert any("random order (area" in s for s in specs)
