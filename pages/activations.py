@@ -8,6 +8,7 @@ from cnnviz import activations as A
 from cnnviz import render
 from cnnviz.app import cache
 from cnnviz.app.router import selection
+from cnnviz.app.url import restore
 from cnnviz.samples import sample_paths
 
 sel = selection()
@@ -28,20 +29,10 @@ info = {l.name: l for l in model.layers}
 
 # ---------------------------------------------------------------- state (URL first)
 
-def _from_url(key: str, param: str, valid, cast=str):
-    if key not in ss and param in qp:
-        try:
-            value = cast(qp[param])
-        except ValueError:
-            return
-        if valid(value):
-            ss[key] = value
-
-
-_from_url("act_layer", "layer", lambda v: v in acts)
-_from_url("act_sort", "sort", lambda v: v in A.SORTS)
-_from_url("act_scale", "scale", lambda v: v in ("global", "channel"))
-_from_url("act_channel", "channel", lambda v: v >= 0, int)
+restore("act_layer", "layer", lambda v: v in acts)
+restore("act_sort", "sort", lambda v: v in A.SORTS)
+restore("act_scale", "scale", lambda v: v in ("global", "channel"))
+restore("act_channel", "channel", lambda v: v >= 0, int)
 if ss.get("act_layer") not in acts:  # first visit, or a model without that layer
     ss["act_layer"] = names[0]
 ss["act_depth"] = names.index(ss["act_layer"]) + 1

@@ -8,6 +8,7 @@ from cnnviz import saliency as S
 from cnnviz import trust
 from cnnviz.app import cache
 from cnnviz.app.router import selection
+from cnnviz.app.url import restore
 
 sel = selection()
 model = sel.model
@@ -29,20 +30,10 @@ top5 = sel.top(5)
 n = len(model.categories)
 
 
-def _from_url(key, param, valid, cast=str):
-    if key not in ss and param in qp:
-        try:
-            value = cast(qp[param])
-        except ValueError:
-            return
-        if valid(value):
-            ss[key] = value
-
-
-_from_url("sal_method", "method", lambda v: v in S.METHODS)
-_from_url("sal_target", "target", lambda v: 0 <= v < n, int)
-_from_url("sal_contrast", "contrast", lambda v: 0 <= v < n, int)
-_from_url("sal_layer", "layer", lambda v: v in S.cam_layers(model))
+restore("sal_method", "method", lambda v: v in S.METHODS)
+restore("sal_target", "target", lambda v: 0 <= v < n, int)
+restore("sal_contrast", "contrast", lambda v: 0 <= v < n, int)
+restore("sal_layer", "layer", lambda v: v in S.cam_layers(model))
 if ss.get("sal_target") is None or not 0 <= ss["sal_target"] < n:
     ss["sal_target"] = top5[0].index
 layers = S.cam_layers(model)
