@@ -8,6 +8,8 @@ from cnnviz import activations as A
 from cnnviz import render
 from cnnviz.app import cache
 from cnnviz.app.router import selection
+from cnnviz.app.sidebar import IMAGE_TYPES
+from cnnviz.images import ImageError
 from cnnviz.app.url import restore
 from cnnviz.samples import sample_paths
 
@@ -174,10 +176,27 @@ with tab_depth:
 # ---------------------------------------------------------------- compare
 
 with tab_compare:
-    choices = ["mirror"] + [n for n in sample_paths() if n != (ss.get("image") or {}).get("sample")]
+    second = st.file_uploader("A second image of your own (optional)", type=IMAGE_TYPES, key="act_upload",
+                              max_upload_size=50)
+    upload_b = None
+    if second is not None:
+        try:
+            data_b = second.getvalue()
+            upload_b = (cache.image(cache.sha(data_b), data_b, second.name), cache.sha(data_b), second.name)
+        except ImageError as e:
+            st.error(str(e))
+    choices = (["upload"] if upload_b else []) + ["mirror"] + [
+        n for n in sample_paths() if n != (ss.get("image") or {}).get("sample")]
+    if second is not None and upload_b and ss.get("act_upload_seen") != second.file_id:
+        ss["act_upload_seen"], ss["act_other"] = second.file_id, "upload"  # a new upload is meant to be used
+    if ss.get("act_other") not in choices:
+        ss["act_other"] = choices[0]
     other = st.selectbox("Second image", choices, key="act_other",
-                         format_func=lambda n: "the same image, mirrored (handedness)" if n == "mirror" else f"sample: {n}")
-    if other == "mirror":
+                         format_func=lambda n: {"mirror": "the same image, mirrored (handedness)",
+                                                "upload": f"your upload: {second.name if second else ''}"}.get(n, f"sample: {n}"))
+    if other == "upload":
+        image_b, sha_b, label_b = upload_b
+    elif other == "mirror":
         image_b, sha_b, label_b = ImageOps.mirror(sel.image), sel.image_sha + ":mirror", "mirrored"
     else:
         data = sample_paths()[other].read_bytes()

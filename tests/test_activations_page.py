@@ -114,3 +114,15 @@ def test_view_changes_run_no_forward_pass(page):
         assert calls == []
     finally:
         handle.remove()
+
+
+def test_compare_with_a_second_upload(page, bundled, samples):
+    data = samples["rocket"].read_bytes()
+    page.file_uploader(key="act_upload").set_value(("mine.jpg", data, "image/jpeg")).run()
+    assert not page.exception and page.selectbox(key="act_other").value == "upload"
+    specs = [c.proto.spec for c in page.main.get("plotly_chart")]
+    assert any("channel 0: mine.jpg" in s for s in specs)
+    page.file_uploader(key="act_upload").set_value(("bad.jpg", b"nope", "image/jpeg")).run()
+    assert not page.exception
+    assert any("bad.jpg is not an image" in e.value for e in page.main.error)
+    assert page.selectbox(key="act_other").value == "mirror"
