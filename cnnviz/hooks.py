@@ -44,10 +44,6 @@ def split_call(name: str) -> tuple[str, int]:
     return base, int(k) if k else 0
 
 
-def call_name(module_name: str, k: int) -> str:
-    return module_name if k == 0 else f"{module_name}#{k}"
-
-
 class Recorder(contextlib.AbstractContextManager):
     """Record layer outputs during forward passes run inside the `with` block.
 

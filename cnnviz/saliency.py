@@ -28,8 +28,8 @@ from .hooks import Recorder, unguided_activations
 from .models import Model
 
 CAM_METHODS = ("gradcam", "gradcampp", "scorecam")
-INPUT_METHODS = ("gradients", "smoothgrad", "ig", "occlusion", "guided_backprop", "guided_gradcam")
-METHODS = CAM_METHODS[:2] + ("scorecam", "guided_gradcam", "gradients", "smoothgrad", "ig", "occlusion", "guided_backprop")
+METHODS = ("gradcam", "gradcampp", "scorecam", "guided_gradcam", "gradients", "smoothgrad", "ig", "occlusion",
+           "guided_backprop")
 GUIDED = ("guided_backprop", "guided_gradcam")
 EPS = 1e-7
 
