@@ -93,13 +93,14 @@ class _Score(nn.Module):
 def attribute(model: Model, image: Image.Image | torch.Tensor, method: str, target: int | None = None,
               layer: str | None = None, contrast: int | None = None, *, batch_size: int = 32,
               smooth_samples: int = 24, smooth_std: float = 0.15, ig_steps: int = 32,
-              occlusion_window: int = 32, occlusion_stride: int = 16) -> Attribution:
+              occlusion_window: int = 32, occlusion_stride: int = 16, progress=None) -> Attribution:
     """Attribution of one class score for one image.
 
     `image`: a PIL image, or pixels [1, 3, H, W] in [0, 1] (already resized).
     `target`: class index (default: the model's top-1). `layer`: for CAM methods and
     Guided Grad-CAM (default: `model.gradcam_layer`). Multi-pass methods batch their
-    passes `batch_size` at a time, so memory stays flat.
+    passes `batch_size` at a time, so memory stays flat. `progress(fraction)` is called
+    as Score-CAM's batches finish.
     """
     if method not in METHODS:
         raise SaliencyError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
@@ -120,7 +121,7 @@ def attribute(model: Model, image: Image.Image | torch.Tensor, method: str, targ
         if method in CAM_METHODS or method == "guided_gradcam":
             fn = {"gradcam": _gradcam, "gradcampp": _gradcampp, "scorecam": _scorecam,
                   "guided_gradcam": _gradcam}[method]
-            layer_map = fn(model, score, x, cam_layer, batch_size)
+            layer_map = fn(model, score, x, cam_layer, batch_size, progress)
             full = upsample(layer_map, x.shape[-2:])
             if method == "guided_gradcam":
                 full = full * _guided_backprop(score, x)
@@ -148,13 +149,13 @@ def _layer_and_grad(model: Model, score: nn.Module, x: torch.Tensor, layer: str)
     return act.detach()[0], grad[0]
 
 
-def _gradcam(model, score, x, layer, batch_size) -> np.ndarray:
+def _gradcam(model, score, x, layer, batch_size, progress=None) -> np.ndarray:
     act, grad = _layer_and_grad(model, score, x, layer)
     weights = grad.mean((1, 2))
     return F.relu((weights[:, None, None] * act).sum(0)).numpy()
 
 
-def _gradcampp(model, score, x, layer, batch_size) -> np.ndarray:
+def _gradcampp(model, score, x, layer, batch_size, progress=None) -> np.ndarray:
     """Chattopadhyay et al. 2018: pixel-wise weights from second and third powers of
     the gradient (the closed form for an exponential score)."""
     act, grad = _layer_and_grad(model, score, x, layer)
@@ -165,7 +166,7 @@ def _gradcampp(model, score, x, layer, batch_size) -> np.ndarray:
     return F.relu((weights[:, None, None] * act).sum(0)).numpy()
 
 
-def _scorecam(model, score, x, layer, batch_size) -> np.ndarray:
+def _scorecam(model, score, x, layer, batch_size, progress=None) -> np.ndarray:
     """Wang et al. 2020: each channel, upsampled and min-max normalized, masks the input;
     the masked inputs' scores, softmaxed over channels, weight the channels.
 
@@ -187,6 +188,8 @@ def _scorecam(model, score, x, layer, batch_size) -> np.ndarray:
             up = F.interpolate(act[idx][None], size=x.shape[-2:], mode="bilinear", align_corners=True)[0]
             lo, hi = up.amin((1, 2), keepdim=True), up.amax((1, 2), keepdim=True)
             scores[idx] = score(x * ((up - lo) / (hi - lo + EPS))[:, None])[:, 0]
+            if progress:
+                progress(min(1.0, (i + batch_size) / len(varying)))
     weights = torch.softmax(scores, 0)
     return F.relu((weights[:, None, None] * act).sum(0)).numpy()
 

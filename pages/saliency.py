@@ -84,9 +84,16 @@ what = model.categories[target] + (f" rather than {model.categories[contrast]}" 
 tab_one, tab_grid, tab_sweep, tab_trust = st.tabs(["Map", "Methods side by side", "Layer sweep", "Trust checks"])
 
 with tab_one:
+    slot = st.empty()
+
+    def _progress(frac: float) -> None:
+        slot.progress(frac, text=f"{LABELS[method]}: {frac:.0%} of the masked passes")
+
     try:
         with st.spinner(f"Computing {LABELS[method]}..."):
-            att = cache.attribution(model.id, sel.image_sha, method, target, layer, contrast, model, sel.image)
+            att = cache.attribution(model.id, sel.image_sha, method, target, layer, contrast, model, sel.image,
+                                    _progress)
+        slot.empty()
     except S.SaliencyError as e:
         st.warning(str(e))
         att = None

@@ -51,7 +51,9 @@ def test_gradcam_family_matches_pytorch_grad_cam(request, cat, model_fixture, la
                                                   ("resnet", "layer3.1.conv1")])  # non-degenerate at random init
 def test_scorecam_matches_pytorch_grad_cam(request, cat, model_fixture, layer):
     model = request.getfixturevalue(model_fixture)
-    ours = S.attribute(model, cat, "scorecam", layer=layer)
+    seen = []
+    ours = S.attribute(model, cat, "scorecam", layer=layer, progress=seen.append)
+    assert seen and seen == sorted(seen) and seen[-1] == 1.0
     ref = reference(model, cat, ScoreCAM, layer, ours.target)
     assert not ours.empty and pearson(ours.map, ref) >= 0.99
 

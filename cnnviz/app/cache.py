@@ -73,10 +73,10 @@ def mosaic(model_id: str, sha: str, layer: str, sort: str, scale: str, _acts: np
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def attribution(model_id: str, sha: str, method: str, target: int, layer: str | None, contrast: int | None,
-                _model: models.Model, _image: Image.Image):
+                _model: models.Model, _image: Image.Image, _progress=None):
     from cnnviz import saliency
 
-    return saliency.attribute(_model, _image, method, target, layer, contrast)
+    return saliency.attribute(_model, _image, method, target, layer, contrast, progress=_progress)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
