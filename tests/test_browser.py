@@ -173,6 +173,7 @@ def test_switch_saliency_method_shows_a_new_overlay(browser, server):
     page.get_by_role("option", name="Vanilla gradients").click()
     expect(page.get_by_text("Vanilla gradients for espresso")).to_be_visible(timeout=60_000)
     wait_idle(page)
-    after = page.get_by_test_id("stImage").filter(has_text="Map over the network").locator("img").first.get_attribute("src")
-    assert after != before
+    overlays = page.get_by_test_id("stImage").filter(has_text="Map over the network").locator("img")
+    expect(overlays.and_(page.locator(f'img[src="{before}"]'))).to_have_count(0, timeout=30_000)  # old one gone
+    expect(overlays).not_to_have_count(0)
     expect(page.get_by_test_id("stException")).to_have_count(0)
