@@ -52,3 +52,19 @@ def report(name: str, rows: list[dict], extra: dict | None = None) -> None:
 
 def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def peak_rss_mb(fn: Callable[[], object]) -> float:
+    """Peak resident memory `fn` adds above what the process holds when it starts (Linux:
+    resetting VmHWM through /proc/self/clear_refs). Run it in a fresh process per case, so
+    one case's freed-but-cached memory does not hide another's."""
+    def status(field: str) -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(f"no {field} in /proc/self/status")
+
+    Path("/proc/self/clear_refs").write_text("5")
+    before = status("VmRSS")
+    fn()
+    return status("VmHWM") - before

@@ -81,8 +81,23 @@ class _Score(nn.Module):
     def __init__(self, net: nn.Module, target: int, contrast: int | None):
         super().__init__()
         self.net, self.target, self.contrast = net, target, contrast
+        self.counter = None
+
+    def count(self, total: int, progress) -> None:
+        """Report `progress(fraction)` as images pass through: Captum's batched loops
+        (IG steps, SmoothGrad samples, Occlusion windows) have no callback of their own."""
+        seen = 0
+
+        def counter(n):
+            nonlocal seen
+            seen += n
+            progress(min(1.0, seen / total))
+
+        self.counter = counter if progress else None
 
     def forward(self, x):
+        if self.counter:
+            self.counter(x.shape[0])
         logits = self.net(x)
         s = logits[:, self.target]
         if self.contrast is not None:
@@ -91,7 +106,7 @@ class _Score(nn.Module):
 
 
 def attribute(model: Model, image: Image.Image | torch.Tensor, method: str, target: int | None = None,
-              layer: str | None = None, contrast: int | None = None, *, batch_size: int = 32,
+              layer: str | None = None, contrast: int | None = None, *, batch_size: int = 8,
               smooth_samples: int = 24, smooth_std: float = 0.15, ig_steps: int = 32,
               occlusion_window: int = 32, occlusion_stride: int = 16, progress=None) -> Attribution:
     """Attribution of one class score for one image.
@@ -100,7 +115,7 @@ def attribute(model: Model, image: Image.Image | torch.Tensor, method: str, targ
     `target`: class index (default: the model's top-1). `layer`: for CAM methods and
     Guided Grad-CAM (default: `model.gradcam_layer`). Multi-pass methods batch their
     passes `batch_size` at a time, so memory stays flat. `progress(fraction)` is called
-    as Score-CAM's batches finish.
+    as the passes of multi-pass methods finish.
     """
     if method not in METHODS:
         raise SaliencyError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
@@ -126,10 +141,20 @@ def attribute(model: Model, image: Image.Image | torch.Tensor, method: str, targ
             if method == "guided_gradcam":
                 full = full * _guided_backprop(score, x)
         else:
+            passes = {"smoothgrad": smooth_samples, "ig": ig_steps + 2,  # + the two ends for the delta
+                      "occlusion": 1 + _windows(x.shape[-2], occlusion_window, occlusion_stride)
+                      * _windows(x.shape[-1], occlusion_window, occlusion_stride)}
+            if method in passes:
+                score.count(passes[method], progress)
             full, delta, total = _captum(method, score, x, batch_size, smooth_samples, smooth_std, ig_steps,
                                          occlusion_window, occlusion_stride)
     return Attribution(method, cam_layer, target, contrast, np.ascontiguousarray(full, np.float32),
                        layer_map, delta, total)
+
+
+def _windows(size: int, window: int, stride: int) -> int:
+    """Positions of a sliding window along one axis, as Captum's Occlusion counts them."""
+    return -(-max(size - window, 0) // stride) + 1
 
 
 def upsample(cam: np.ndarray, size) -> np.ndarray:

@@ -81,99 +81,105 @@ for k in ("layer", "contrast"):
 qp.update(params)
 
 what = model.categories[target] + (f" rather than {model.categories[contrast]}" if contrast is not None else "")
-tab_one, tab_grid, tab_sweep, tab_trust = st.tabs(["Map", "Methods side by side", "Layer sweep", "Trust checks"])
+# Bound to the URL and lazy: only the open tab computes (the grid runs four methods).
+tab_one, tab_grid, tab_sweep, tab_trust = st.tabs(["Map", "Methods side by side", "Layer sweep", "Trust checks"],
+                                                  key="view", bind="query-params")
 
-with tab_one:
-    slot = st.empty()
+if tab_one.open:
+    with tab_one:
+        slot = st.empty()
 
-    def _progress(frac: float) -> None:
-        slot.progress(frac, text=f"{LABELS[method]}: {frac:.0%} of the masked passes")
+        def _progress(frac: float) -> None:
+            slot.progress(frac, text=f"{LABELS[method]}: {frac:.0%} of the passes")
 
-    try:
-        with st.spinner(f"Computing {LABELS[method]}..."):
-            att = cache.attribution(model.id, sel.image_sha, method, target, layer, contrast, model, sel.image,
-                                    _progress)
-        slot.empty()
-    except S.SaliencyError as e:
-        st.warning(str(e))
-        att = None
-    if att is not None:
+        try:
+            with st.spinner(f"Computing {LABELS[method]}..."):
+                att = cache.attribution(model.id, sel.image_sha, method, target, layer, contrast, model, sel.image,
+                                        _progress)
+            slot.empty()
+        except S.SaliencyError as e:
+            st.warning(str(e))
+            att = None
+        if att is not None:
+            base = model.input_image(sel.image)
+            st.caption(f"**{LABELS[method]}** for **{what}**" + (f" at `{att.layer}`" if att.layer else "")
+                       + (f". Integrated Gradients convergence delta: {att.delta:.3g}" if att.delta is not None else ""))
+            if att.empty:
+                st.info("The map is empty: nothing in this layer supports the class (the ReLU removed every "
+                        "negative contribution). Try a higher-ranked class or an earlier layer.")
+            m1, m2 = st.columns(2)
+            shown = render.overlay(base, att.map, opacity, cmap)
+            m1.image(shown, caption="Map over the network's input", width="stretch")
+            m2.plotly_chart(render.map_heatmap(att.map, "raw map (hover for values)"), key="sal_raw")
+            png, npy = io.BytesIO(), io.BytesIO()
+            shown.save(png, "PNG")
+            np.save(npy, att.map)
+            d1, d2 = st.columns(2)
+            d1.download_button("Overlay (PNG)", png.getvalue(), f"{method}-{target}.png", "image/png")
+            d2.download_button("Map (.npy)", npy.getvalue(), f"{method}-{target}.npy", "application/octet-stream")
+
+if tab_grid.open:
+    with tab_grid:
+        chosen = st.multiselect("Methods", S.METHODS, default=["gradcam", "gradcampp", "gradients", "ig"],
+                                key="sal_grid", format_func=LABELS.get)
+        if chosen:
+            cols = st.columns(min(len(chosen), 4))
+            bar = st.progress(0.0, text="Computing...")
+            base = model.input_image(sel.image)
+            for i, m in enumerate(chosen):
+                with cols[i % len(cols)]:
+                    try:
+                        a = cache.attribution(model.id, sel.image_sha, m, target,
+                                              layer or model.gradcam_layer if m in S.CAM_METHODS + ("guided_gradcam",) else None,
+                                              contrast, model, sel.image)
+                        st.image(render.overlay(base, a.map, opacity, cmap), caption=LABELS[m], width="stretch")
+                    except S.SaliencyError:
+                        st.caption(f"{LABELS[m]}: not valid for this model (see the Map tab)")
+                bar.progress((i + 1) / len(chosen), text=f"{i + 1} of {len(chosen)} methods")
+            bar.empty()
+
+if tab_sweep.open:
+    with tab_sweep:
+        st.caption("Grad-CAM at the last layer of every stage, from one forward and one backward pass: "
+                   "early layers are sharp but literal, late layers coarse but about the class.")
+        sweep = cache.gradcam_sweep(model.id, sel.image_sha, target, contrast, model, sel.image)
         base = model.input_image(sel.image)
-        st.caption(f"**{LABELS[method]}** for **{what}**" + (f" at `{att.layer}`" if att.layer else "")
-                   + (f". Integrated Gradients convergence delta: {att.delta:.3g}" if att.delta is not None else ""))
-        if att.empty:
-            st.info("The map is empty: nothing in this layer supports the class (the ReLU removed every "
-                    "negative contribution). Try a higher-ranked class or an earlier layer.")
-        m1, m2 = st.columns(2)
-        shown = render.overlay(base, att.map, opacity, cmap)
-        m1.image(shown, caption="Map over the network's input", width="stretch")
-        m2.plotly_chart(render.map_heatmap(att.map, "raw map (hover for values)"), key="sal_raw")
-        png, npy = io.BytesIO(), io.BytesIO()
-        shown.save(png, "PNG")
-        np.save(npy, att.map)
-        d1, d2 = st.columns(2)
-        d1.download_button("Overlay (PNG)", png.getvalue(), f"{method}-{target}.png", "image/png")
-        d2.download_button("Map (.npy)", npy.getvalue(), f"{method}-{target}.npy", "application/octet-stream")
+        cols = st.columns(len(sweep))
+        for col, (name, cam) in zip(cols, sweep.items()):
+            shape = next(l.shape for l in model.layers if l.name == name)
+            col.image(render.overlay(base, cam, opacity, cmap), caption=f"{name} ({shape[1]}x{shape[2]})", width="stretch")
 
-with tab_grid:
-    chosen = st.multiselect("Methods", S.METHODS, default=["gradcam", "gradcampp", "gradients", "ig"],
-                            key="sal_grid", format_func=LABELS.get)
-    if chosen:
-        cols = st.columns(min(len(chosen), 4))
-        bar = st.progress(0.0, text="Computing...")
-        base = model.input_image(sel.image)
-        for i, m in enumerate(chosen):
-            with cols[i % len(cols)]:
-                try:
-                    a = cache.attribution(model.id, sel.image_sha, m, target,
-                                          layer or model.gradcam_layer if m in S.CAM_METHODS + ("guided_gradcam",) else None,
-                                          contrast, model, sel.image)
-                    st.image(render.overlay(base, a.map, opacity, cmap), caption=LABELS[m], width="stretch")
-                except S.SaliencyError:
-                    st.caption(f"{LABELS[m]}: not valid for this model (see the Map tab)")
-            bar.progress((i + 1) / len(chosen), text=f"{i + 1} of {len(chosen)} methods")
-        bar.empty()
-
-with tab_sweep:
-    st.caption("Grad-CAM at the last layer of every stage, from one forward and one backward pass: "
-               "early layers are sharp but literal, late layers coarse but about the class.")
-    sweep = cache.gradcam_sweep(model.id, sel.image_sha, target, contrast, model, sel.image)
-    base = model.input_image(sel.image)
-    cols = st.columns(len(sweep))
-    for col, (name, cam) in zip(cols, sweep.items()):
-        shape = next(l.shape for l in model.layers if l.name == name)
-        col.image(render.overlay(base, cam, opacity, cmap), caption=f"{name} ({shape[1]}x{shape[2]})", width="stretch")
-
-with tab_trust:
-    st.markdown(
-        "**Model randomization** (Adebayo et al. 2018): the weights are re-drawn from the top "
-        "block down; a method whose map stays the same is not explaining what the model learned. "
-        "**Deletion**: the most salient pixels are blurred away first; a faithful map makes the "
-        "probability fall faster (smaller area) than a random order."
-    )
-    valid = [m for m in S.METHODS if m not in S.GUIDED and m != "scorecam"]
-    checked = st.multiselect("Methods to check", valid, default=["gradcam", "gradients", "ig"], key="sal_trust_methods",
-                             format_func=LABELS.get)
-    key = (model.id, sel.image_sha, target, tuple(checked))
-    if st.button("Run the checks", key="sal_trust_run", disabled=not checked):
-        bar = st.progress(0.0, text="Randomizing the model, top block first...")
-        rand = trust.randomization_check(model, sel.image, checked, target,
-                                         progress=lambda f, text: bar.progress(f * 0.8, text=text))
-        curves, areas = {}, {}
-        for i, m in enumerate(checked + ["random order"]):
-            sal = None if m == "random order" else cache.attribution(
-                model.id, sel.image_sha, m, target, model.gradcam_layer if m in S.CAM_METHODS else None,
-                None, model, sel.image).map
-            curve = trust.deletion_curve(model, sel.image, sal, target)
-            curves[LABELS.get(m, m)], areas[LABELS.get(m, m)] = curve.tolist(), trust.area(curve)
-            bar.progress(0.8 + 0.2 * (i + 1) / (len(checked) + 1), text=f"Deletion curve: {LABELS.get(m, m)}")
-        bar.empty()
-        ss["sal_trust"] = (key, rand, curves, areas)
-    if ss.get("sal_trust") and ss["sal_trust"][0] == key:
-        _, rand, curves, areas = ss["sal_trust"]
-        rand = {**rand, "correlation": {LABELS[m]: v for m, v in rand["correlation"].items()}}
-        t1, t2 = st.columns(2)
-        t1.plotly_chart(render.randomization_figure(rand), key="sal_rand_chart")
-        t2.plotly_chart(render.deletion_figure(curves, areas), key="sal_del_chart")
-    else:
-        st.caption("The checks run about a dozen attributions; press the button to start.")
+if tab_trust.open:
+    with tab_trust:
+        st.markdown(
+            "**Model randomization** (Adebayo et al. 2018): the weights are re-drawn from the top "
+            "block down; a method whose map stays the same is not explaining what the model learned. "
+            "**Deletion**: the most salient pixels are blurred away first; a faithful map makes the "
+            "probability fall faster (smaller area) than a random order."
+        )
+        valid = [m for m in S.METHODS if m not in S.GUIDED and m != "scorecam"]
+        checked = st.multiselect("Methods to check", valid, default=["gradcam", "gradients", "ig"], key="sal_trust_methods",
+                                 format_func=LABELS.get)
+        key = (model.id, sel.image_sha, target, tuple(checked))
+        if st.button("Run the checks", key="sal_trust_run", disabled=not checked):
+            bar = st.progress(0.0, text="Randomizing the model, top block first...")
+            rand = trust.randomization_check(model, sel.image, checked, target,
+                                             progress=lambda f, text: bar.progress(f * 0.8, text=text))
+            curves, areas = {}, {}
+            for i, m in enumerate(checked + ["random order"]):
+                sal = None if m == "random order" else cache.attribution(
+                    model.id, sel.image_sha, m, target, model.gradcam_layer if m in S.CAM_METHODS else None,
+                    None, model, sel.image).map
+                curve = trust.deletion_curve(model, sel.image, sal, target)
+                curves[LABELS.get(m, m)], areas[LABELS.get(m, m)] = curve.tolist(), trust.area(curve)
+                bar.progress(0.8 + 0.2 * (i + 1) / (len(checked) + 1), text=f"Deletion curve: {LABELS.get(m, m)}")
+            bar.empty()
+            ss["sal_trust"] = (key, rand, curves, areas)
+        if ss.get("sal_trust") and ss["sal_trust"][0] == key:
+            _, rand, curves, areas = ss["sal_trust"]
+            rand = {**rand, "correlation": {LABELS[m]: v for m, v in rand["correlation"].items()}}
+            t1, t2 = st.columns(2)
+            t1.plotly_chart(render.randomization_figure(rand), key="sal_rand_chart")
+            t2.plotly_chart(render.deletion_figure(curves, areas), key="sal_del_chart")
+        else:
+            st.caption("The checks run about a dozen attributions; press the button to start.")

@@ -94,6 +94,13 @@ def test_input_methods_shapes_and_no_hooks_left(resnet, cat, method):
                for m in resnet.net.modules())
 
 
+@pytest.mark.parametrize("method", ["smoothgrad", "ig", "occlusion"])
+def test_captum_methods_report_progress_per_batch(resnet, cat, method):
+    seen, small = [], resnet.to_pixels(cat)[..., ::2, ::2]  # 112x112: same loops, a quarter of the work
+    S.attribute(resnet, small, method, batch_size=4, progress=seen.append)
+    assert len(seen) >= 4 and seen == sorted(seen) and seen[-1] == 1.0 and seen[0] < 0.5
+
+
 def test_guided_methods_refused_where_they_would_lie(bundled, cat):
     with pytest.raises(S.SaliencyError, match="ReLU6"):
         S.attribute(bundled, cat, "guided_backprop")

@@ -85,7 +85,30 @@ def test_layer_sweep_matches_single_layer_gradcam(bundled, samples):
         assert np.allclose(cam, S.attribute(bundled, img, "gradcam", layer=name).map, atol=1e-5)
 
 
+def test_only_the_open_tab_computes(page):
+    assert [t.label for t in page.tabs] == ["Map", "Methods side by side", "Layer sweep", "Trust checks"]
+    with pytest.raises(KeyError):  # the grid's four methods wait until their tab is opened
+        page.multiselect(key="sal_grid")
+    page.session_state["view"] = "Methods side by side"
+    page.run()
+    assert not page.exception
+    assert page.multiselect(key="sal_grid").value == ["gradcam", "gradcampp", "gradients", "ig"]
+    assert [i.proto.imgs[0].caption for i in page.main.get("image")] == [
+        "Grad-CAM", "Grad-CAM++", "Vanilla gradients", "Integrated Gradients"]
+
+
+def test_a_url_opens_a_tab():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.query_params.update({"method": "gradcam", "view": "Layer sweep"})
+    at.switch_page("pages/saliency.py").run()
+    assert not at.exception
+    assert any("every stage" in c.value for c in at.main.caption)
+    assert not any(" for **" in c.value for c in at.main.caption)  # the Map tab stayed closed
+
+
 def test_trust_checks_run_on_demand(page):
+    page.session_state["view"] = "Trust checks"
+    page.run()
     page.multiselect(key="sal_trust_methods").set_value(["gradcam", "gradients"]).run()
     assert not page.get("plotly_chart") or all("rank correlation" not in c.proto.spec for c in page.get("plotly_chart"))
     page.button(key="sal_trust_run").click().run()
