@@ -78,13 +78,13 @@ class Model:
     mutated_layers: set[str] = field(default_factory=set, repr=False)
 
     def to_pixels(self, image: Image.Image) -> torch.Tensor:
-        """Resize and centre-crop to the model's input: [1, 3, H, W] in [0, 1]."""
-        tf = T.Compose([
+        """Resize and centre-crop to the model's input: [1, 3, H, W] in [0, 1]. An image
+        already at the input size goes in untouched (a saved adversarial image, a crop
+        the user made for this model): resizing it would zoom it and blur its pixels."""
+        fit = [] if image.size == self.input_size[::-1] else [
             T.Resize(self.resize_size, interpolation=self.interpolation, antialias=True),
-            T.CenterCrop(self.input_size),
-            T.ToImage(),
-            T.ToDtype(torch.float32, scale=True),
-        ])
+            T.CenterCrop(self.input_size)]
+        tf = T.Compose([*fit, T.ToImage(), T.ToDtype(torch.float32, scale=True)])
         return tf(image.convert("RGB")).unsqueeze(0)
 
     def input_image(self, image: Image.Image) -> Image.Image:

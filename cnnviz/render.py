@@ -147,3 +147,268 @@ def deletion_figure(curves: dict[str, list[float]], areas: dict[str, float]) -> 
     fig.update_layout(xaxis=dict(title="fraction of pixels removed (most salient first)", tickformat=".0%"),
                       yaxis_title="target probability", height=380, margin=dict(l=10, r=10, t=10, b=10))
     return fig
+
+
+# ---------------------------------------------------------------- CNN limits
+
+def thumb_strip(sweep, per_row: int = 12):
+    """The sweep's thumbnails in rows, each captioned with its value and top-1 (uint8 RGB)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    n, t = len(sweep.points), sweep.thumbs.shape[1]
+    per_row = sweep.grid[1] if sweep.grid else min(per_row, n)
+    rows = -(-n // per_row)
+    cell_h = t + 30
+    canvas = Image.new("RGB", (per_row * (t + 4), rows * cell_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, p in enumerate(sweep.points):
+        x, y = (i % per_row) * (t + 4), (i // per_row) * cell_h
+        canvas.paste(Image.fromarray(sweep.thumbs[i]), (x, y))
+        colour = (0, 0, 0) if p.top1.index == sweep.original.index else (200, 30, 30)
+        draw.text((x + 1, y + t + 1), _short(p.value), fill=(90, 90, 90))
+        draw.text((x + 1, y + t + 14), f"{p.top1.label[:13]} {p.top1.prob:.0%}", fill=colour)
+    return np.asarray(canvas)
+
+
+def _short(v) -> str:
+    return f"[{v[0]}, {v[1]}]" if isinstance(v, tuple) else f"{v:g}"
+
+
+def limits_figure(sweeps: list, names: list[str], highlight: int | None = None, thumbs: bool = True,
+                  height: int = 520) -> go.Figure:
+    """The original class's probability (top) and rank (bottom, log, 1 on top) across
+    the sweep, one line per model; red markers where the top-1 is another class, dotted
+    lines where the first model's label changes; the thumbnails as a film strip on top.
+    x is the point index (ticks show the values), so uneven grids stay readable."""
+    from plotly.subplots import make_subplots
+
+    first = sweeps[0]
+    n = len(first.points)
+    xs = list(range(n))
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.62, 0.38])
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c"]
+    for k, (sw, name) in enumerate(zip(sweeps, names)):
+        text = [f"{_short(p.value)}<br>top-1: {p.top1.label} ({p.top1.prob:.1%})<br>"
+                f"{sw.original.label}: {p.orig_prob:.1%}, rank {p.orig_rank}" for p in sw.points]
+        red = ["#d62728" if p.top1.index != sw.original.index else colours[k % 3] for p in sw.points]
+        common = dict(x=xs, mode="lines+markers", customdata=xs, text=text, hovertemplate="%{text}<extra>" + name + "</extra>",
+                      line=dict(color=colours[k % 3], dash="solid" if k == 0 else "dash"), legendgroup=name)
+        fig.add_trace(go.Scatter(y=[p.orig_prob for p in sw.points], name=f"{name}: p({sw.original.label})",
+                                 marker=dict(color=red, size=9, line=dict(width=1, color="white")), **common), 1, 1)
+        fig.add_trace(go.Scatter(y=[p.orig_rank for p in sw.points], name=f"{name}: rank", showlegend=False,
+                                 marker=dict(color=red, size=6), **common), 2, 1)
+    for i in first.changes:
+        fig.add_vline(x=i - 0.5, line=dict(color="#999", dash="dot", width=1))
+        fig.add_annotation(x=i - 0.5, y=1.0, yref="y domain", text=first.points[i].top1.label[:18], showarrow=False,
+                           textangle=-90, xanchor="right", yanchor="top", font=dict(size=10, color="#d62728"))
+    if highlight is not None and 0 <= highlight < n:
+        fig.add_vrect(x0=highlight - 0.5, x1=highlight + 0.5, fillcolor="#ffd54f", opacity=0.35, line_width=0)
+    top_margin = 10
+    if thumbs:  # the film strip: each thumbnail above its point
+        top_margin = 90
+        for i in xs:
+            fig.add_layout_image(source=png_data_uri(first.thumbs[i]), xref="x", yref="paper", x=i, y=1.0,
+                                 sizex=0.9, sizey=0.16, xanchor="center", yanchor="bottom", layer="above")
+    fig.update_yaxes(title_text="probability of the original class", range=[0, 1.05], row=1, col=1)
+    fig.update_yaxes(title_text="its rank", type="log", autorange="reversed", row=2, col=1)
+    fig.update_xaxes(tickvals=xs, ticktext=[_short(p.value) for p in first.points], row=2, col=1)
+    fig.update_xaxes(range=[-0.5, n - 0.5])
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=top_margin, b=10), hovermode="closest",
+                      clickmode="event+select", legend=dict(orientation="h", y=-0.12), dragmode=False)
+    return fig
+
+
+def occlusion_figure(base, sweep, highlight: int | None = None, width: int = 560) -> go.Figure:
+    """Zeiler and Fergus's map: the drop of the original class's probability wherever the
+    grey patch sat, over the network's input; hover a patch position for its top-1."""
+    import numpy as np
+
+    drop = sweep.drop_map((base.height, base.width))
+    shown = np.asarray(overlay(base, np.clip(drop, 0, None), 0.55, "jet"))
+    h, w = shown.shape[:2]
+    s = sweep.patch
+    cy = [p.value[0] + s / 2 for p in sweep.points]
+    cx = [p.value[1] + s / 2 for p in sweep.points]
+    text = [f"patch at {_short(p.value)}<br>top-1: {p.top1.label} ({p.top1.prob:.1%})<br>"
+            f"{sweep.original.label}: {p.orig_prob:.1%}, rank {p.orig_rank}" for p in sweep.points]
+    fig = go.Figure(go.Image(source=png_data_uri(shown), hoverinfo="skip"))
+    fig.add_trace(go.Scatter(
+        x=cx, y=cy, mode="markers", customdata=list(range(len(cx))), text=text, hovertemplate="%{text}<extra></extra>",
+        marker=dict(size=14, symbol=["x" if p.top1.index != sweep.original.index else "circle" for p in sweep.points],
+                    color="white", opacity=0.5, line=dict(width=1, color="black")), showlegend=False))
+    if highlight is not None and 0 <= highlight < len(sweep.points):
+        y0, x0 = sweep.points[highlight].value
+        fig.add_shape(type="rect", x0=x0, x1=x0 + s, y0=y0, y1=y0 + s, line=dict(color="white", width=3))
+    fig.update_layout(height=int(width * h / w), margin=dict(l=0, r=0, t=0, b=0), xaxis=dict(visible=False),
+                      yaxis=dict(visible=False), hovermode="closest", clickmode="event+select", dragmode=False)
+    return fig
+
+
+# ---------------------------------------------------------------- receptive fields
+
+RF_COLOURS = {"box": (214, 39, 40), "box50": (0, 190, 255), "box90": (60, 220, 60)}
+
+
+def rf_canvas(base, box, heat=None, box50=None, box90=None, max_margin: int | None = None):
+    """The input image on a grey border wide enough to show the part of the theoretical
+    `box` that falls into padding, the effective field `heat` blended in, and the boxes
+    (half-open, input pixels): red = theoretical, blue = 50% and green = 90% of the
+    effective field's mass. Returns (PIL RGB, margin in pixels)."""
+    from PIL import Image, ImageDraw
+
+    w, h = base.size
+    t, l, b, r = box
+    cap = max(h, w) // 4 if max_margin is None else max_margin
+    margin = min(max(0, -t, -l, b - h, r - w), cap)
+    img = base.convert("RGB")
+    if heat is not None:  # opacity follows the map, so the image stays visible where the field is weak
+        import matplotlib
+        import numpy as np
+
+        norm = np.asarray(heat, np.float64) / max(float(np.max(heat)), 1e-12)
+        alpha = (0.85 * np.sqrt(np.clip(norm, 0, 1)))[..., None]
+        colored = matplotlib.colormaps["inferno"](norm)[..., :3] * 255
+        img = Image.fromarray((np.asarray(img) * (1 - alpha) + colored * alpha).astype(np.uint8))
+    canvas = Image.new("RGB", (w + 2 * margin, h + 2 * margin), (128, 128, 128))
+    canvas.paste(img, (margin, margin))
+    draw = ImageDraw.Draw(canvas)
+    for name, bx in (("box90", box90), ("box50", box50), ("box", box)):
+        if bx is not None:
+            t, l, b, r = (v + margin for v in bx)
+            draw.rectangle([l, t, r - 1, b - 1], outline=RF_COLOURS[name], width=2)
+    return canvas, margin
+
+
+def unit_markers(fig, centres, hover: str, size: float = 6, max_side: int = 64) -> None:
+    """Invisible markers at unit positions that carry the click (customdata [i, j]);
+    Plotly returns no points for image or heatmap clicks. Large maps get every k-th unit."""
+    ys, xs = centres
+    step = max(1, -(-max(len(ys), len(xs)) // max_side))
+    pts = [(ys[i], xs[j], i, j) for i in range(0, len(ys), step) for j in range(0, len(xs), step)]
+    fig.add_trace(go.Scatter(
+        x=[p[1] for p in pts], y=[p[0] for p in pts], mode="markers", customdata=[[p[2], p[3]] for p in pts],
+        marker=dict(size=max(size * step, 6), symbol="square", opacity=0), showlegend=False,
+        hovertemplate=hover + "<extra></extra>",
+    ))
+
+
+def rf_figure(canvas, margin: int, unit_centres, height: int = 460) -> go.Figure:
+    """`rf_canvas` as a clickable figure: a click anywhere picks the nearest unit."""
+    fig = go.Figure(go.Image(source=png_data_uri(__import__("numpy").asarray(canvas)), hoverinfo="skip",
+                             x0=-margin, y0=-margin))
+    ys, xs = unit_centres
+    unit_markers(fig, ([min(max(y, 0), canvas.size[1] - 2 * margin - 1) for y in ys],
+                       [min(max(x, 0), canvas.size[0] - 2 * margin - 1) for x in xs]),
+                 "unit (%{customdata[0]}, %{customdata[1]})", size=height / max(len(ys), 1))
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=0, b=0), xaxis=dict(visible=False),
+                      yaxis=dict(visible=False, scaleanchor="x"), dragmode=False, clickmode="event+select",
+                      hovermode="closest")
+    return fig
+
+
+def unit_map_figure(m, selected: tuple[int, int] | None = None, height: int = 460) -> go.Figure:
+    """A layer's map (channel mean or one channel) to click a unit on."""
+    h, w = m.shape
+    fig = go.Figure(go.Heatmap(z=m, colorscale="gray", showscale=False, hoverinfo="skip"))
+    unit_markers(fig, (list(range(h)), list(range(w))), "unit (%{customdata[0]}, %{customdata[1]})",
+                 size=height / max(h, 1))
+    if selected is not None:
+        i, j = selected
+        fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5, line=dict(color="#d62728", width=2))
+    fig.update_layout(height=height, margin=dict(l=0, r=0, t=0, b=0), dragmode=False, clickmode="event+select",
+                      xaxis=dict(visible=False, range=[-0.5, w - 0.5]),
+                      yaxis=dict(visible=False, autorange="reversed", scaleanchor="x"), hovermode="closest")
+    return fig
+
+
+def rf_depth_figure(rows: list[dict], input_size: tuple[int, int], current: str | None = None) -> go.Figure:
+    """Theoretical field size (height) of every layer against depth, with the input size
+    drawn: where the curve crosses it, a unit first can see the whole image."""
+    layers = [r for r in rows if r["layer"] and r["size"]]
+    x = list(range(1, len(layers) + 1))
+    fig = go.Figure(go.Scatter(
+        x=x, y=[r["size"][0] for r in layers], mode="lines+markers", customdata=[r["name"] for r in layers],
+        marker=dict(size=5), name="field size",
+        hovertemplate="%{x}. %{customdata}<br>field %{y} px<extra></extra>",
+    ))
+    fig.add_hline(y=input_size[0], line=dict(color="#d62728", dash="dash"),
+                  annotation_text=f"input {input_size[0]} px", annotation_position="top left")
+    first = next((k for k, r in enumerate(layers) if r["size"][0] >= input_size[0]), None)
+    if first is not None:
+        fig.add_vline(x=first + 1, line=dict(color="#888", dash="dot"),
+                      annotation_text=f"sees the whole image: {layers[first]['name']}", annotation_position="bottom right")
+    if current is not None and current in [r["name"] for r in layers]:
+        k = [r["name"] for r in layers].index(current)
+        fig.add_trace(go.Scatter(x=[k + 1], y=[layers[k]["size"][0]], mode="markers", showlegend=False,
+                                 marker=dict(size=12, color="#d62728"), hoverinfo="skip"))
+    fig.update_layout(height=320, margin=dict(l=0, r=0, t=10, b=0), showlegend=False,
+                      xaxis_title="layer (execution order)", yaxis_title="receptive field (px)",
+                      clickmode="event+select")
+    return fig
+
+
+# ---------------------------------------------------------------- filters and feature visualization
+
+def tiles_figure(rgb, grid, texts: list[str], selected: int | None = None, width: int = 620) -> go.Figure:
+    """Weight tiles as one image; an invisible marker per tile carries its hover text
+    and click (customdata = the filter or channel index it shows)."""
+    h, w = rgb.shape[:2]
+    centres = [grid.centre(k) for k in range(len(grid.order))]
+    idx = [int(c) for c in grid.order]
+    fig = go.Figure(go.Image(source=png_data_uri(rgb), hoverinfo="skip"))
+    fig.add_trace(go.Scatter(
+        x=[c[1] for c in centres], y=[c[0] for c in centres], mode="markers", customdata=idx,
+        marker=dict(size=max(6.0, min(grid.tile_w, grid.tile_h) * width / max(w, 1)), symbol="square", opacity=0),
+        text=texts, hovertemplate="%{text}<extra></extra>", showlegend=False,
+    ))
+    if selected is not None and selected in idx:
+        y, x = centres[idx.index(selected)]
+        fig.add_shape(type="rect", x0=x - grid.tile_w / 2, x1=x + grid.tile_w / 2, y0=y - grid.tile_h / 2,
+                      y1=y + grid.tile_h / 2, line=dict(color="#d62728", width=2))
+    fig.update_layout(height=int(width * h / max(w, 1)) + 20, margin=dict(l=0, r=0, t=0, b=0),
+                      xaxis=dict(visible=False), yaxis=dict(visible=False), hovermode="closest", dragmode=False,
+                      clickmode="event+select")
+    return fig
+
+
+def curve_figure(curve, natural_max: float | None = None, natural_mean: float | None = None) -> go.Figure:
+    """The objective over the optimization steps, with the sample images' level for scale."""
+    fig = go.Figure(go.Scatter(x=list(range(1, len(curve) + 1)), y=[float(v) for v in curve], mode="lines",
+                               name="synthetic image", hovertemplate="step %{x}<br>%{y:.4g}<extra></extra>"))
+    for value, name, dash in ((natural_max, "best sample image", "dash"), (natural_mean, "sample mean", "dot")):
+        if value is not None:
+            fig.add_hline(y=value, line=dict(dash=dash, color="#d62728"), annotation_text=name)
+    fig.update_layout(xaxis_title="step", yaxis_title="objective", height=260, margin=dict(l=10, r=10, t=10, b=10))
+    return fig
+
+
+# ---------------------------------------------------------------- adversarial
+
+def perturbation_image(delta):
+    """An int perturbation [H, W, 3] (1/255 units) amplified around mid-grey so its
+    largest value reaches the full range; returns (uint8 RGB, amplification factor)."""
+    import numpy as np
+
+    peak = int(np.abs(delta).max())
+    gain = 127 / peak if peak else 1.0
+    return (128 + delta.astype(np.float64) * gain).round().clip(0, 255).astype(np.uint8), gain
+
+
+def budget_figure(sweep, label: str, target: str | None = None, current: float | None = None) -> go.Figure:
+    """Probability of the original answer (and of the target) against the budget,
+    with the smallest budget that flips the decision marked."""
+    fig = go.Figure(go.Scatter(x=sweep.budgets, y=sweep.p_label, mode="lines+markers", name=f"{label} (original)",
+                               hovertemplate="eps %{x:g}/255<br>p = %{y:.3f}<extra></extra>"))
+    if sweep.p_target is not None:
+        fig.add_trace(go.Scatter(x=sweep.budgets, y=sweep.p_target, mode="lines+markers", name=f"{target} (target)",
+                                 hovertemplate="eps %{x:g}/255<br>p = %{y:.3f}<extra></extra>"))
+    if sweep.smallest is not None:
+        fig.add_vline(x=sweep.smallest, line=dict(color="#d62728", dash="dash"),
+                      annotation_text=f"flips at {sweep.smallest:g}/255", annotation_position="top right")
+    if current is not None:
+        fig.add_vline(x=current, line=dict(color="#888", dash="dot", width=1))
+    fig.update_layout(xaxis=dict(title="budget (L-infinity, in 1/255)", dtick=1 if len(sweep.budgets) <= 17 else None),
+                      yaxis=dict(title="probability", range=[0, 1.02]), height=360,
+                      margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.25))
+    return fig

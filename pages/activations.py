@@ -7,6 +7,7 @@ from PIL import Image, ImageOps
 from cnnviz import activations as A
 from cnnviz import render
 from cnnviz.app import cache
+from cnnviz.app.clicks import new_click
 from cnnviz.app.router import selection
 from cnnviz.app.sidebar import IMAGE_TYPES
 from cnnviz.images import ImageError
@@ -61,15 +62,6 @@ def _on_layer() -> None:
     _set_layer(ss["act_layer"])
 
 
-def _clicked(key: str):
-    """customdata of a new click on a Plotly chart (read before the widgets are drawn,
-    so it may set their values; the same click is applied only once)."""
-    points = ((ss.get(key) or {}).get("selection") or {}).get("points") or []
-    if not points or ss.get(key + "_seen") == repr(points):
-        return None
-    ss[key + "_seen"] = repr(points)
-    data = points[0].get("customdata")
-    return data[0] if isinstance(data, list) else data
 
 
 def _label(name: str) -> str:
@@ -77,12 +69,12 @@ def _label(name: str) -> str:
     return f"{names.index(name) + 1}. {name} · {info[name].type} · {c}x{h}x{w}"
 
 
-if (name := _clicked("act_depth_chart")) in acts:
+if (name := new_click("act_depth_chart")) in acts:
     _set_layer(name)
     layer_acts = acts[name]
     C = layer_acts.shape[0]
     ss["act_channel"] = min(ss["act_channel"], C - 1)
-if (ch := _clicked("act_mosaic")) is not None and 0 <= int(ch) < C:
+if (ch := new_click("act_mosaic")) is not None and 0 <= int(ch) < C:
     ss["act_channel"] = int(ch)
 
 # ---------------------------------------------------------------- layer picker

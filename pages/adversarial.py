@@ -1,13 +1,178 @@
-from cnnviz.app.placeholder import placeholder
+import streamlit as st
+from PIL import Image
+
+from cnnviz import adversarial as A
+from cnnviz import render
+from cnnviz.app import cache
 from cnnviz.app.router import selection
+from cnnviz.app.url import restore
+from cnnviz.predict import top_k
 
-selection()
+sel = selection()
+model = sel.model
+ss, qp = st.session_state, st.query_params
+n = len(model.categories)
 
-placeholder(
-    "Adversarial",
-    "A carefully chosen, imperceptible perturbation can change the answer (the panda that "
-    "becomes a gibbon), while random noise of the same size usually changes nothing. "
-    "That gap is the point of this demo.",
-    "FGSM and PGD attacks, targeted or not, beside a random-noise control and a budget sweep.",
-    6,
+st.title("Adversarial examples")
+st.markdown(
+    "A change of a pixel value or two out of 255, chosen by following the network's gradient, "
+    "can change its answer (the panda that becomes a gibbon). Random noise of exactly the same "
+    "size usually changes nothing: the attack finds one of the few directions the network is "
+    "fragile in. That gap is the point of this demo."
 )
+
+STEP_SIZES = ("auto", "0.25", "0.5", "1", "2", "4")
+restore("adv_method", "attack", lambda v: v in A.METHODS)
+restore("adv_eps", "eps", lambda v: 1 <= v <= 32, int)
+restore("adv_steps", "steps", lambda v: 1 <= v <= 100, int)
+restore("adv_step", "step", lambda v: v in STEP_SIZES)
+restore("adv_random", "start", lambda v: v in ("0", "1"))
+restore("adv_seed", "seed", lambda v: 0 <= v < 2**31, int)
+restore("adv_target", "target", lambda v: 0 <= v < n, int)
+restore("adv_sweep_max", "sweep", lambda v: 2 <= v <= 32, int)
+for k, v in {"adv_method": "pgd", "adv_eps": 2, "adv_steps": 10, "adv_step": "auto", "adv_random": False,
+             "adv_seed": 0, "adv_sweep_max": 16}.items():
+    ss.setdefault(k, v)  # defaults here, not in the widgets: the URL may have set them
+if "adv_targeted" not in ss:
+    ss["adv_targeted"] = "target" in qp and ss.get("adv_target") is not None
+if isinstance(ss.get("adv_random"), str):  # from the URL
+    ss["adv_random"] = ss["adv_random"] == "1"
+
+
+def _class_label(i: int) -> str:
+    return f"{model.categories[i]} ({i})"
+
+
+c1, c2, c3, c4 = st.columns([1, 2, 2, 2])
+method = c1.radio("Attack", A.METHODS, key="adv_method", format_func=str.upper,
+                  help="FGSM: one step of the full budget along the gradient's sign. "
+                       "PGD: many small steps, each projected back into the budget.")
+eps = c2.slider("Budget (L-infinity, in 1/255)", 1, 32, key="adv_eps",
+                help="No pixel value changes by more than this many levels out of 255.")
+pgd = method == "pgd"
+steps = c3.slider("PGD steps", 1, 100, key="adv_steps", disabled=not pgd)
+step = c4.select_slider("PGD step size (1/255)", STEP_SIZES, key="adv_step", disabled=not pgd,
+                        help="auto: 2.5 x budget / steps. The last quarter of the steps move one level at a "
+                             "time on the 8-bit grid, so the saved PNG keeps working.")
+c5, c6, c7 = st.columns([1, 1, 4])
+random_start = c5.toggle("Random start", key="adv_random", disabled=not pgd)
+seed = c6.number_input("Seed", 0, 2**31 - 1, key="adv_seed", help="Random start and the noise control.")
+targeted = c7.toggle("Targeted: aim at a class of your choice", key="adv_targeted")
+
+label = sel.top(1)[0].index
+target = None
+if targeted:
+    suggestions = A.far_targets(model, sel.probs, 5)
+    if ss.get("adv_target") not in range(n) or ss["adv_target"] == label:  # unset, or from another model
+        ss["adv_target"] = suggestions[0]
+    t1, t2 = st.columns([2, 3])
+    target = int(t1.selectbox("Target class (type to search)", range(n), key="adv_target",
+                              format_func=_class_label))
+    with t2:
+        st.markdown("**Far-away suggestions** (the classes the model finds least likely here)")
+        cols = st.columns(len(suggestions))
+        for col, i in zip(cols, suggestions):
+            col.button(model.categories[i], key=f"adv_suggest_{i}", width="stretch",
+                       type="primary" if i == target else "secondary",
+                       on_click=ss.__setitem__, args=("adv_target", i))
+
+params = {"attack": method, "eps": str(eps), "seed": str(seed)}
+if pgd:
+    params.update(steps=str(steps), step=step, start="1" if random_start else "0")
+if target is not None:
+    params["target"] = str(target)
+for k in ("steps", "step", "start", "target"):
+    if k not in params and k in qp:
+        del qp[k]
+qp.update(params)
+
+step_size = None if step == "auto" or not pgd else float(step)
+args = (method, float(eps), int(steps) if pgd else 1, step_size, target, bool(random_start and pgd), int(seed))
+try:
+    with st.spinner(f"{method.upper()} at {eps}/255..."):
+        res = cache.adversarial(model.id, sel.image_sha, *args, model, sel.image)
+        ctl = cache.adversarial_noise(model.id, sel.image_sha, float(eps), int(seed), model, sel.image)
+except A.AttackError as e:
+    st.error(str(e))
+    st.stop()
+
+cat = model.categories
+before, after = res.probs_before, res.probs_after
+was = f"**{cat[res.label]}** ({before[res.label]:.1%})"
+now = f"**{cat[res.predicted]}** ({after[res.predicted]:.1%})"
+if res.success:
+    st.success(f"{method.upper()} at {eps}/255 turned {was} into {now}.", icon=":material/bug_report:")
+elif target is not None:
+    st.warning(f"{method.upper()} at {eps}/255 did not reach {cat[target]} (now {now}, {cat[target]} at "
+               f"{after[target]:.1%}). Raise the budget or the steps, or pick a target from the suggestions.")
+else:
+    st.warning(f"{method.upper()} at {eps}/255 did not change the answer {was} (now {after[res.label]:.1%}). "
+               "Raise the budget, or use PGD with more steps.")
+
+pert, gain = render.perturbation_image(res.delta)
+p1, p2, p3, p4 = st.columns(4)
+p1.image(res.original, caption=f"Original: {cat[res.label]} ({before[res.label]:.1%})", width="stretch")
+p2.image(pert, caption=f"Perturbation, amplified x{gain:.0f} around grey; true range "
+                       f"{int(res.delta.min()):+d} to {int(res.delta.max()):+d} /255 "
+                       f"(L-inf {res.linf:g}/255, L2 {res.l2:.2f})", width="stretch")
+p3.image(res.adversarial, caption=f"Adversarial: {cat[res.predicted]} ({after[res.predicted]:.1%})",
+         width="stretch")
+p4.image(ctl.adversarial, caption=f"Control, random signs of the same size: {cat[ctl.predicted]} "
+                                  f"({ctl.probs_after[ctl.predicted]:.1%})", width="stretch")
+b1, b2, b3 = st.columns(3)
+b1.plotly_chart(render.topk_bar(top_k(model, before), "Top-5 before"), key="adv_top_before")
+b2.plotly_chart(render.topk_bar(top_k(model, after), f"Top-5 after {method.upper()}"), key="adv_top_after")
+b3.plotly_chart(render.topk_bar(top_k(model, ctl.probs_after), "Top-5 after random noise"), key="adv_top_noise")
+st.caption(
+    ("The random noise changed the answer too: this image sits near a decision boundary."
+     if ctl.success else "The random noise of the same size left the answer alone.")
+    + " All images are the network's 8-bit input (resized and cropped), so what you see is what it classifies."
+)
+
+tab_png, tab_cam, tab_sweep = st.tabs(["Download (8-bit PNG)", "Where the decision moved", "Budget sweep"])
+
+with tab_png:
+    check = cache.adversarial_png(model.id, (sel.image_sha, *args), model, res)
+    got = f"{cat[int(check.probs.argmax())]} ({check.probs.max():.1%})"
+    if check.success:
+        st.success(f"Saved as an 8-bit PNG, reloaded and classified again: {got}. The file still fools the model.")
+    else:
+        st.warning(f"Saved as an 8-bit PNG, reloaded and classified again: {got}. The file does not fool the "
+                   "model" + (" (neither did the attack)." if not res.success else "; rounding undid the attack."))
+    st.download_button("Adversarial image (PNG)", check.png, f"adversarial-{method}-{eps}.png", "image/png",
+                       key="adv_download")
+    st.caption(f"{res.adversarial.shape[1]}x{res.adversarial.shape[0]} pixels, the network's input size: the "
+               "check classifies it as is. Resizing it again (as the sidebar does with uploads) smooths the "
+               "perturbation and often undoes it.")
+
+with tab_cam:
+    st.caption("Grad-CAM (last spatial layer) for each image's own answer, and for the original answer on the "
+               "adversarial image: the picture barely changed, the evidence did.")
+    g = [(res.original, res.label, f"original, {cat[res.label]}"),
+         (res.adversarial, res.predicted, f"adversarial, {cat[res.predicted]}")]
+    if res.predicted != res.label:
+        g.append((res.adversarial, res.label, f"adversarial, still explaining {cat[res.label]}"))
+    cols = st.columns(len(g))
+    for col, (rgb, cls, text) in zip(cols, g):
+        cam = cache.adversarial_gradcam(model.id, cache.sha(rgb.tobytes()), cls, model, rgb)
+        col.image(render.overlay(Image.fromarray(rgb), cam, 0.5, "jet"), caption=text, width="stretch")
+
+with tab_sweep:
+    st.caption("The same attack at every budget from 1/255 up, each starting from the previous budget's "
+               "image. The dashed line marks the smallest budget that changes the decision.")
+    top = st.slider("Up to (1/255)", 2, 32, key="adv_sweep_max")
+    qp["sweep"] = str(top)
+    budgets = tuple(float(b) for b in range(1, top + 1))
+    key = (model.id, sel.image_sha, method, budgets, *args[2:])
+    if st.button("Run the budget sweep", key="adv_sweep_run"):
+        ss["adv_sweep"] = key
+    if ss.get("adv_sweep") == key:
+        sweep = cache.adversarial_sweep(model.id, sel.image_sha, method, budgets, *args[2:], model, sel.image)
+        st.plotly_chart(render.budget_figure(sweep, cat[sweep.label], cat[target] if target is not None else None,
+                                             float(eps)), key="adv_sweep_chart")
+        if sweep.smallest is None:
+            st.info(f"No budget up to {top}/255 changed the decision.")
+        else:
+            st.markdown(f"Smallest budget that changes the decision: **{sweep.smallest:g}/255**.")
+    else:
+        st.caption(f"{top} attacks of {args[2]} step(s) each; press the button to start.")

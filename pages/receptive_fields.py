@@ -1,13 +1,228 @@
-from cnnviz.app.placeholder import placeholder
+import io
+import json
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from cnnviz import receptive as R
+from cnnviz import render
+from cnnviz.app import cache
+from cnnviz.app.clicks import new_click
 from cnnviz.app.router import selection
+from cnnviz.app.url import restore
 
-selection()
+sel = selection()
+model = sel.model
+ss, qp = st.session_state, st.query_params
 
-placeholder(
-    "Receptive fields",
+st.title("Receptive fields")
+st.markdown(
     "A unit sees only part of the input, and that part grows with depth: two stacked 3x3 "
-    "convolutions see 5x5, and every stride-2 step doubles the growth. The effective field, "
-    "where the gradient really flows, is much smaller and roughly Gaussian.",
-    "click a unit to see its theoretical and effective field on the image, layer by layer.",
-    5,
+    "convolutions see 5x5 (the same field as one 5x5, with fewer weights), and every stride-2 "
+    "step doubles how fast it grows. Click a unit to see its **theoretical field** (red box, "
+    "also the part that falls into the zero padding around the image) and its **effective "
+    "field**: where the gradient of that unit really flows. The effective field is much smaller "
+    "and roughly Gaussian (Luo et al. 2016)."
 )
+
+try:
+    rows = cache.rf_architecture(model.id, model)
+except R.RFError as e:
+    st.error(str(e))
+    st.stop()
+named = {r.name: r for r in rows if r.layer and r.field is not None and len(r.shape) == 3}
+names = list(named)
+if not names:
+    st.error(f"{model.label} has no layer with a spatial map whose field could be computed.")
+    st.stop()
+
+
+# ---------------------------------------------------------------- state (URL first)
+
+def _default_layer() -> str:
+    return names[len(names) * 3 // 5]  # deep enough that the field is interesting
+
+
+restore("rf_layer", "layer", lambda v: v in named)
+restore("rf_y", "y", lambda v: v >= 0, int)
+restore("rf_x", "x", lambda v: v >= 0, int)
+restore("rf_channel", "channel", lambda v: v >= 0, int)
+if ss.get("rf_layer") not in named:
+    ss["rf_layer"] = _default_layer()
+
+
+
+
+def _follow() -> None:
+    """A new layer keeps looking at the same place: the unit nearest the old unit's centre."""
+    shown, new = ss.get("rf_shown"), named.get(ss["rf_layer"])
+    if shown and shown[0] in named and new is not None:
+        cy, cx = named[shown[0]].field.centre(*shown[1:])
+        ss["rf_y"], ss["rf_x"] = R.nearest_unit(new.field, new.shape[1:], cy, cx)
+
+
+if (name := new_click("rf_depth_chart")) in named:
+    ss["rf_layer"] = name
+    _follow()
+for chart in ("rf_map", "rf_image"):
+    if isinstance(ij := new_click(chart), list) and len(ij) == 2:
+        ss["rf_y"], ss["rf_x"] = int(ij[0]), int(ij[1])
+
+row = named[ss["rf_layer"]]
+C, H, W = row.shape
+for key, n in (("rf_y", H), ("rf_x", W)):
+    if not 0 <= ss.get(key, -1) < n:
+        ss[key] = (n - 1) // 2
+if not 0 <= ss.get("rf_channel", 0) < C:
+    ss["rf_channel"] = 0
+ss.setdefault("rf_channel", 0)
+
+
+def _label(name: str) -> str:
+    r = named[name]
+    return f"{names.index(name) + 1}. {name} · {r.type} · field {r.field.size[0]}x{r.field.size[1]}"
+
+
+c_layer, c_y, c_x = st.columns([4, 1, 1], vertical_alignment="bottom")
+c_layer.selectbox("Layer (execution order)", names, key="rf_layer", format_func=_label, on_change=_follow)
+row = named[ss["rf_layer"]]
+C, H, W = row.shape
+for key, n in (("rf_y", H), ("rf_x", W)):  # the layer may just have changed
+    ss[key] = min(ss[key], n - 1)
+c_y.number_input(f"Row (0 to {H - 1})", 0, H - 1, key="rf_y")
+c_x.number_input(f"Column (0 to {W - 1})", 0, W - 1, key="rf_x")
+c_t, c_c = st.columns([4, 2], vertical_alignment="bottom")
+c_t.radio("Effective field of", ("unit", "channel"), key="rf_target", horizontal=True,
+          format_func={"unit": "all channels at this position", "channel": "one channel at this position"}.get)
+one = ss["rf_target"] == "channel"
+c_c.number_input(f"Channel (0 to {C - 1})", 0, C - 1, key="rf_channel", disabled=not one)
+layer, i, j = ss["rf_layer"], int(ss["rf_y"]), int(ss["rf_x"])
+channel = int(ss["rf_channel"]) if one else None
+qp.update({"layer": layer, "y": str(i), "x": str(j)})
+if one:
+    qp["channel"] = str(channel)
+elif "channel" in qp:
+    del qp["channel"]
+
+u = R.unit(rows, layer, i, j, model.input_size)
+ss["rf_shown"] = (layer, i, j)
+f = u.field
+
+tab_unit, tab_avg, tab_arch = st.tabs(["Unit on this image", "Averaged effective field", "Architecture"])
+
+
+def _numbers(eff) -> None:
+    s = R.summary(u, eff)
+    a, b, c = st.columns(3)
+    th, tw = s["theoretical"]
+    a.metric("Theoretical field (in the image)", f"{th} x {tw} px", help=f"full field {f.size[0]} x {f.size[1]} px")
+    if s["effective"]:
+        eh, ew = s["effective"]
+        b.metric("Effective field (90% of mass)", f"{eh} x {ew} px")
+        c.metric("Effective / theoretical", f"{s['ratio']:.2f}", help="square root of the ratio of the areas")
+    else:
+        b.metric("Effective field (90% of mass)", "empty")
+    t, l, bt, r = u.box
+    pad = u.box != u.box_clipped
+    st.caption(
+        f"Unit ({i}, {j}) of **{layer}** ({row.type}, map {H}x{W}): centre at pixel "
+        f"({u.centre[0]:g}, {u.centre[1]:g}); neighbouring units are {f.jump[0]} px apart. "
+        f"Box rows {t}..{bt - 1}, columns {l}..{r - 1}"
+        + (" (the red box reaches into the padding: grey border)." if pad else ".")
+        + " Red: theoretical field; blue: 50% and green: 90% of the effective field's mass."
+    )
+
+
+with tab_unit:
+    acts = cache.activations(model.id, sel.image_sha, model, sel.image)
+    m = acts[layer][channel] if one else acts[layer].mean(0)
+    left, right = st.columns(2)
+    with left:
+        st.markdown(f"**{layer}**: {'channel ' + str(channel) if one else 'mean of all channels'} "
+                    "(click a unit)")
+        st.plotly_chart(render.unit_map_figure(m, (i, j)), key="rf_map", on_select="rerun",
+                        selection_mode="points", config={"displaylogo": False})
+    eff, error = None, None
+    try:
+        eff = cache.rf_effective(model.id, sel.image_sha, layer, i, j, channel, model, sel.image, u)
+    except R.RFError as e:
+        error = str(e)
+    canvas, margin = render.rf_canvas(model.input_image(sel.image), u.box, eff and eff.map,
+                                      eff and eff.box50, eff and eff.box90)
+    centres = ([f.start[0] + k * f.jump[0] for k in range(H)], [f.start[1] + k * f.jump[1] for k in range(W)])
+    with right:
+        st.markdown("**On the image** (click to pick the nearest unit)")
+        st.plotly_chart(render.rf_figure(canvas, margin, centres), key="rf_image", on_select="rerun",
+                        selection_mode="points", config={"displaylogo": False})
+    if error:
+        st.error(error)
+    elif eff.empty:
+        st.info("The gradient of this unit is zero everywhere: its activation functions are off for this "
+                "image, so nothing in the input changes it. Pick another unit or channel.")
+    _numbers(eff)
+    d1, d2 = st.columns(2)
+    png = io.BytesIO()
+    canvas.save(png, "PNG")
+    d1.download_button("Overlay (PNG)", png.getvalue(), f"rf-{layer}-{i}-{j}.png", "image/png", width="stretch")
+    if eff is not None:
+        npy = io.BytesIO()
+        np.save(npy, eff.map)
+        d2.download_button("Effective field (.npy)", npy.getvalue(), f"erf-{layer}-{i}-{j}.npy",
+                           "application/octet-stream", width="stretch",
+                           help=f"float32 {list(eff.map.shape)}: |gradient| summed over colours")
+
+with tab_avg:
+    st.markdown(
+        "One image gives a noisy effective field. Averaged over many inputs its shape shows: "
+        "over random noise a smooth bump around the unit's centre, close to a Gaussian, far "
+        "inside the theoretical box."
+    )
+    a1, a2 = st.columns([2, 2], vertical_alignment="bottom")
+    source = a1.radio("Average over", ("samples", "noise"), key="rf_avg_source", horizontal=True,
+                      format_func={"samples": "the bundled sample images", "noise": "random noise"}.get)
+    n = a2.slider("Noise inputs", 4, 64, 16, step=4, key="rf_avg_n", disabled=source != "noise")
+    request = (model.id, layer, i, j, channel, source, n)
+    if st.button("Compute the average", key="rf_avg_go"):
+        ss["rf_avg_request"] = request
+    if ss.get("rf_avg_request") == request:
+        try:
+            avg = cache.rf_average(model.id, layer, i, j, channel, source, n, model, u)
+        except R.RFError as e:
+            st.error(str(e))
+        else:
+            base = (model.input_image(sel.image).convert("L").convert("RGB") if source == "samples"
+                    else Image.new("RGB", model.input_size[::-1], (200, 200, 200)))  # noise: no one image
+            avg_canvas, avg_margin = render.rf_canvas(base, u.box, avg.map, avg.box50, avg.box90)
+            st.plotly_chart(render.rf_figure(avg_canvas, avg_margin, centres), key="rf_avg_chart",
+                            config={"displaylogo": False})
+            s = R.summary(u, avg)
+            st.caption(f"Mean |gradient| of unit ({i}, {j}) over {avg.samples} inputs. 90% of the mass lies in "
+                       f"{s['effective'][0]} x {s['effective'][1]} px, {s['ratio']:.2f} of the theoretical side."
+                       if s["effective"] else "The averaged gradient is zero everywhere.")
+    else:
+        st.caption("Runs one forward and one backward pass per input, in batches.")
+
+with tab_arch:
+    st.markdown(
+        f"Every layer of **{model.label}** in execution order, from the network's graph (torch.fx), "
+        f"at input {model.input_size[0]}x{model.input_size[1]}. *Field* is the size of the input region "
+        "one unit sees, *jump* how far apart neighbouring units' fields are, *start* the centre of the "
+        "first unit's field. Merges (residual adds, concatenations) take the union of their branches."
+    )
+    dicts = [r.to_dict() for r in rows]
+    st.plotly_chart(render.rf_depth_figure(dicts, model.input_size, layer), key="rf_depth_chart",
+                    on_select="rerun", selection_mode="points", config={"displaylogo": False})
+
+    def _s(v):
+        return "" if v is None else " x ".join(f"{x:g}" for x in v)
+
+    table = [{"#": k + 1, "layer": d["name"], "type": d["type"], "kernel": _s(d["kernel"]),
+              "stride": _s(d["stride"]), "dilation": _s(d["dilation"]), "padding": _s(d["padding"]),
+              "output": _s(d["shape"]), "params": d["params"], "field": _s(d["size"]), "jump": _s(d["jump"]),
+              "start": _s(d["start"]), "note": d["note"]} for k, d in enumerate(dicts)]
+    st.dataframe(table, hide_index=True, width="stretch", height=420)
+    if notes := sorted({d["note"] for d in dicts if d["note"]}):
+        st.warning("Notes: " + "; ".join(notes))
+    st.download_button("Table (JSON)", json.dumps(dicts, indent=1), f"architecture-{model.id.replace(':', '_')}.json",
+                       "application/json")

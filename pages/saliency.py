@@ -87,16 +87,10 @@ tab_one, tab_grid, tab_sweep, tab_trust = st.tabs(["Map", "Methods side by side"
 
 if tab_one.open:
     with tab_one:
-        slot = st.empty()
-
-        def _progress(frac: float) -> None:
-            slot.progress(frac, text=f"{LABELS[method]}: {frac:.0%} of the passes")
-
         try:
             with st.spinner(f"Computing {LABELS[method]}..."):
                 att = cache.attribution(model.id, sel.image_sha, method, target, layer, contrast, model, sel.image,
-                                        _progress)
-            slot.empty()
+                                        LABELS[method])
         except S.SaliencyError as e:
             st.warning(str(e))
             att = None

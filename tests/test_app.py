@@ -199,5 +199,8 @@ def test_online_download_shows_progress_then_loads_from_cache(app, monkeypatch):
         assert seen and seen[-1] == (len(data), len(data))  # the sidebar's st.progress was fed
         assert app.sidebar.metric[0].label == "RegNetY-400MF says"
         assert models.weights_file(weights).read_bytes() == data
+        app.run()  # a cache hit replays the cached loader's elements, progress bar included
+        assert not app.exception and not app.sidebar.error
+        assert app.sidebar.metric[0].label == "RegNetY-400MF says" and len(requested) == 1
     finally:
         models.weights_file(weights).unlink(missing_ok=True)

@@ -46,6 +46,14 @@ def test_scorecam_on_a_small_layer(page):
     assert not page.exception and "Score-CAM" in caption(page)
 
 
+def test_a_long_method_served_from_the_cache(page):
+    """Its progress bar is made inside the cached function, so a cache hit replays cleanly."""
+    for method in ("smoothgrad", "gradcam", "smoothgrad"):
+        page.selectbox(key="sal_method").set_value(method).run()
+        assert not page.exception and not page.error, page.error
+    assert caption(page).startswith("**SmoothGrad**")
+
+
 def test_top5_button_and_contrast(page, bundled, samples):
     top = predict(bundled, load_image(samples["cat"]), 5)
     page.button(key=f"sal_top_{top[2].index}").click().run()

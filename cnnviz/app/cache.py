@@ -2,6 +2,7 @@
 (`cache_resource`, bounded); small results are keyed by model id and image hash."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 
@@ -13,9 +14,23 @@ from cnnviz import models, predict
 from cnnviz.images import load_image
 
 
+@contextlib.contextmanager
+def progress_bar(text: str):
+    """A progress bar for a cached function, made *inside* it: on a cache hit Streamlit
+    replays the function's elements, and cannot replay one drawn into a block made
+    outside (CacheReplayClosureError). Yields `update(fraction)`; removed when done.
+    `text` may use {:.0%} for the fraction."""
+    slot = st.empty()
+    try:
+        yield lambda frac: slot.progress(min(max(frac, 0.0), 1.0), text=text.format(frac))
+    finally:
+        slot.empty()
+
+
 @st.cache_resource(max_entries=3, show_spinner=False)
-def model(model_id: str, _progress=None) -> models.Model:
-    m = models.load(model_id, progress=_progress)
+def model(model_id: str) -> models.Model:
+    with progress_bar("Downloading weights: {:.0%}") as update:
+        m = models.load(model_id, progress=lambda done, total: update(done / total if total else 0.0))
     m.layers  # probe once here, not on a page's first render
     return m
 
@@ -73,10 +88,11 @@ def mosaic(model_id: str, sha: str, layer: str, sort: str, scale: str, _acts: np
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def attribution(model_id: str, sha: str, method: str, target: int, layer: str | None, contrast: int | None,
-                _model: models.Model, _image: Image.Image, _progress=None):
+                _model: models.Model, _image: Image.Image, label: str = ""):
     from cnnviz import saliency
 
-    return saliency.attribute(_model, _image, method, target, layer, contrast, progress=_progress)
+    with progress_bar(f"{label or method}: {{:.0%}} of the passes") as update:
+        return saliency.attribute(_model, _image, method, target, layer, contrast, progress=update)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -85,3 +101,127 @@ def gradcam_sweep(model_id: str, sha: str, target: int, contrast: int | None, _m
     from cnnviz import saliency
 
     return saliency.gradcam_sweep(_model, _image, target, contrast)
+
+
+# ---------------------------------------------------------------- receptive fields
+
+@st.cache_data(max_entries=8, show_spinner="Tracing the network...")
+def rf_architecture(model_id: str, _model: models.Model) -> list:
+    from cnnviz import receptive
+
+    return receptive.architecture(_model)
+
+
+@st.cache_data(max_entries=64, show_spinner="One forward and one backward pass...")
+def rf_effective(model_id: str, sha: str, layer: str, i: int, j: int, channel: int | None,
+                 _model: models.Model, _image: Image.Image, _unit):
+    from cnnviz import receptive
+
+    return receptive.effective(_model, _model.preprocess(_image), _unit, channel)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def rf_average(model_id: str, layer: str, i: int, j: int, channel: int | None, source: str, n: int,
+               _model: models.Model, _unit):
+    from cnnviz import receptive
+
+    inputs = receptive.sample_inputs(_model) if source == "samples" else receptive.noise_inputs(_model, n)
+    with progress_bar("Averaging: {:.0%} of the inputs") as update:
+        return receptive.average_effective(_model, _unit, inputs, channel, progress=update)
+
+
+# ---------------------------------------------------------------- filters and feature visualization
+# Synthetic images are cached by cnnviz.featurevis itself (memory and disk, shared with
+# the CLI); here: the sample images' recordings of one layer, and the crops per channel.
+
+@st.cache_resource(max_entries=8, show_spinner="Recording the sample images...")
+def natural(model_id: str, layer: str | None, image_keys: tuple[str, ...], _model: models.Model,
+            _images: dict) -> "object":
+    from cnnviz import featurevis
+
+    return featurevis.natural(_model, layer, _images)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def evidence(model_id: str, layer: str, channel: int, objective: str, image_keys: tuple[str, ...],
+             _model: models.Model, _nat) -> list:
+    from cnnviz import featurevis
+
+    return featurevis.evidence(_model, featurevis.Spec(layer, channel, objective), _nat)
+
+
+@st.cache_resource(max_entries=1, show_spinner=False)
+def sample_images() -> dict:
+    from cnnviz import featurevis
+
+    return featurevis.sample_images()
+
+
+# ---------------------------------------------------------------- CNN limits
+# Sweeps keyed by model, image, transform, values and seed: moving the highlighted
+# point, toggling lecture mode or switching demos back never runs the network again.
+# The progress bar is made inside the cached function (a cache hit replays only what the
+# function itself drew: here a bar that is emptied at the end).
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def limits_sweep(model_id: str, sha: str, transform: str, values: tuple, seed: int, _model: models.Model,
+                 _image: Image.Image, _probs: np.ndarray):
+    from cnnviz import limits
+
+    with progress_bar(f"{_model.label}: {{:.0%}} of the images classified") as update:
+        return limits.sweep(_model, _image, transform, values, seed, probs=_probs, progress=update)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def limits_min_flip(model_id: str, sha: str, transform: str, values: tuple, seed: int, _model: models.Model,
+                    _image: Image.Image, _probs: np.ndarray, _known=None):
+    from cnnviz import limits
+
+    with st.spinner(f"{_model.label}: searching for the smallest change that flips the label..."):
+        return limits.min_flip(_model, _image, transform, seed, probs=_probs, known=_known)
+
+
+# ---------------------------------------------------------------- adversarial
+# Keyed by model, image and every attack parameter. The sweep's progress bar is drawn
+# inside the cached function (a cache hit replays only the emptied bar).
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def adversarial(model_id: str, sha: str, method: str, eps: float, steps: int, step_size: float | None,
+                target: int | None, random_start: bool, seed: int, _model: models.Model, _image: Image.Image):
+    from cnnviz import adversarial as A
+
+    return A.attack(_model, _image, method, eps, steps, step_size, target, random_start, seed)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def adversarial_noise(model_id: str, sha: str, eps: float, seed: int, _model: models.Model, _image: Image.Image):
+    from cnnviz import adversarial as A
+
+    return A.noise(_model, _image, eps, seed)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def adversarial_png(model_id: str, key: tuple, _model: models.Model, _result):
+    from cnnviz import adversarial as A
+
+    return A.png_check(_model, _result)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def adversarial_gradcam(model_id: str, rgb_sha: str, target: int, _model: models.Model, _rgb: np.ndarray):
+    from cnnviz import adversarial as A
+    from cnnviz import saliency
+
+    return saliency.attribute(_model, A.from_uint8(_rgb), "gradcam", target).map
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def adversarial_sweep(model_id: str, sha: str, method: str, budgets: tuple, steps: int, step_size: float | None,
+                      target: int | None, random_start: bool, seed: int, _model: models.Model, _image: Image.Image):
+    from cnnviz import adversarial as A
+
+    bar = st.progress(0.0, text=f"Attacking at {len(budgets)} budgets...")
+    out = A.budget_sweep(_model, _image, method, budgets, steps, step_size, target, random_start, seed,
+                         progress=lambda f, text: bar.progress(f, text=f"Budget sweep: {text}"))
+    bar.empty()
+    return out

@@ -128,21 +128,14 @@ def _model_picker() -> models.Model:
         st.button("Try the download again", on_click=failed.pop, args=(model_id, None))
         st.caption("Showing the bundled model meanwhile.")
         return cache.model(models.BUNDLED_ID)
-    slot = st.empty()
-
-    def progress(done: int, total: int) -> None:
-        frac = min(done / total, 1.0) if total else 0.0
-        slot.progress(frac, text=f"Downloading weights: {done / 2**20:.0f} of {total / 2**20:.0f} MB")
-
     try:
         with st.spinner("Loading the model..."):
-            model = cache.model(model_id, _progress=progress)
+            model = cache.model(model_id)
     except models.ModelError as e:
         failed[model_id] = str(e)
         st.error(str(e))
         st.caption("Showing the bundled model meanwhile.")
         model = cache.model(models.BUNDLED_ID)
-    slot.empty()
     return model
 
 

@@ -1,0 +1,502 @@
+"""Where CNNs break: simple image transforms swept over a parameter.
+
+Every transform is a pure function of the network's input pixels ([1, 3, H, W] in
+[0, 1], what `Model.to_pixels` gives) and one value, and value 0 is the identity
+(the untouched tensor), so a sweep's identity point is exactly `predict`'s answer.
+Multiplicative knobs (scale, brightness, contrast, gamma) take log2 units: value v
+means a factor 2**v, so 0 is the identity and +1 / -1 are symmetric.
+
+- `sweep` runs the transformed images through the network a bounded batch at a time
+  and reports, per point, the top-1 class and the original class's probability and rank.
+- `min_flip` finds the smallest change that turns the original top-1 into another
+  class, with Captum's `MinParamPerturbation` (a coarse then a fine linear search,
+  both directions at once for signed transforms).
+- `occlude` slides a grey patch over the image (Zeiler and Fergus): value [y, x] is the
+  patch's top-left corner; `shuffle` cuts k x k tiles and permutes them (seeded).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from .models import Model
+from .predict import Top
+
+GREY = 0.5  # fill for padding and occluding patches: the middle of the pixel range
+MAX_POINTS = 400
+
+
+class LimitsError(ValueError):
+    """A transform or value that cannot be used (the message says which and why)."""
+
+
+# ---------------------------------------------------------------- transforms (pure)
+
+def rotate(x: torch.Tensor, degrees: float, seed: int = 0) -> torch.Tensor:
+    """Anticlockwise about the centre, bilinear; the corners are filled grey.
+
+    The sampling grid is built by broadcasting (F.affine_grid's batched matmul costs
+    more than the sampling itself here) and grey is subtracted before sampling and added
+    back, so zero padding becomes grey fill without torchvision's extra mask pass."""
+    h, w = x.shape[-2:]
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    px = torch.arange(w, dtype=x.dtype)[None, :] - (w - 1) / 2  # pixel offsets from the centre
+    py = torch.arange(h, dtype=x.dtype)[:, None] - (h - 1) / 2
+    grid = torch.stack([(c * px - s * py) * (2 / w), (s * px + c * py) * (2 / h)], -1)  # [H, W, 2], (x, y)
+    grid = grid[None].expand(len(x), h, w, 2)
+    return F.grid_sample(x - GREY, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + GREY
+
+
+def scale(x: torch.Tensor, log2_factor: float, seed: int = 0) -> torch.Tensor:
+    """Zoom by 2**v about the centre: out (v < 0) shrinks the picture into a grey frame,
+    in (v > 0) crops the centre and enlarges it; the frame keeps its size."""
+    h, w = x.shape[-2:]
+    f = 2.0 ** log2_factor
+    if f < 1:
+        sh, sw = max(1, round(h * f)), max(1, round(w * f))
+        small = F.interpolate(x, size=(sh, sw), mode="bilinear", antialias=True, align_corners=False)
+        out = torch.full_like(x, GREY)
+        top, left = (h - sh) // 2, (w - sw) // 2
+        out[..., top:top + sh, left:left + sw] = small
+        return out
+    ch, cw = max(1, round(h / f)), max(1, round(w / f))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return F.interpolate(x[..., top:top + ch, left:left + cw], size=(h, w), mode="bilinear", align_corners=False)
+
+
+def translate(x: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Shift right (v > 0) or left by a fraction of the width, whole pixels, grey padding."""
+    w = x.shape[-1]
+    dx = max(-w, min(w, round(fraction * w)))
+    out = torch.full_like(x, GREY)
+    if dx >= 0:
+        out[..., dx:] = x[..., : w - dx]
+    else:
+        out[..., :dx] = x[..., -dx:]
+    return out
+
+
+def flip(x: torch.Tensor, value: float, seed: int = 0) -> torch.Tensor:
+    """Mirror left-right when value is 1."""
+    return x.flip(-1) if value else x
+
+
+def brightness(x: torch.Tensor, stops: float, seed: int = 0) -> torch.Tensor:
+    """Exposure: every pixel times 2**v (photographic stops), clipped."""
+    return (x * 2.0 ** stops).clamp(0, 1)
+
+
+def contrast(x: torch.Tensor, log2_factor: float, seed: int = 0) -> torch.Tensor:
+    """Stretch (v > 0) or flatten the distance from the mean grey level by 2**v."""
+    grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).mean()
+    return (grey + (x - grey) * 2.0 ** log2_factor).clamp(0, 1)
+
+
+def gamma(x: torch.Tensor, log2_gamma: float, seed: int = 0) -> torch.Tensor:
+    """x ** (2**v): v > 0 darkens the mid-tones, v < 0 lifts them; black and white stay."""
+    return x.clamp(0, 1) ** (2.0 ** log2_gamma)
+
+
+def blur(x: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
+    """Gaussian blur, sigma in input pixels."""
+    k = 2 * math.ceil(3 * sigma) + 1
+    return TF.gaussian_blur(x, [k, k], [float(sigma)] * 2)
+
+
+def noise(x: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
+    """Add Gaussian noise of standard deviation v (pixel range 0-1), clipped. One noise
+    field per seed, scaled by v: a sweep shows the same noise growing."""
+    g = torch.Generator().manual_seed(int(seed))
+    return (x + std * torch.randn(x.shape, generator=g, dtype=x.dtype)).clamp(0, 1)
+
+
+def shuffle(x: torch.Tensor, k: float, seed: int = 0) -> torch.Tensor:
+    """Cut the picture into k x k tiles and permute them (never the identity order);
+    a border narrower than a tile (when k does not divide the size) stays in place."""
+    k = int(k)
+    if k <= 1:
+        return x
+    h, w = x.shape[-2:]
+    th, tw = h // k, w // k
+    g = torch.Generator().manual_seed(int(seed) * 1009 + k)
+    perm = torch.randperm(k * k, generator=g)
+    while bool((perm == torch.arange(k * k)).all()):
+        perm = torch.randperm(k * k, generator=g)
+    c = x.shape[1]
+    tiles = x[..., : k * th, : k * tw].reshape(-1, c, k, th, k, tw).permute(0, 2, 4, 1, 3, 5).reshape(-1, k * k, c, th, tw)
+    tiles = tiles[:, perm].reshape(-1, k, k, c, th, tw).permute(0, 3, 1, 4, 2, 5).reshape(-1, c, k * th, k * tw)
+    out = x.clone()
+    out[..., : k * th, : k * tw] = tiles
+    return out
+
+
+def occlude(x: torch.Tensor, at: tuple[int, int], size: int) -> torch.Tensor:
+    """A grey size x size patch with its top-left corner at `at` = (y, x)."""
+    y0, x0 = at
+    out = x.clone()
+    out[..., y0:y0 + size, x0:x0 + size] = GREY
+    return out
+
+
+# ---------------------------------------------------------------- the catalogue
+
+@dataclass(frozen=True)
+class Transform:
+    name: str
+    title: str
+    unit: str  # how a value reads: "{:g} degrees"
+    fn: Callable
+    default: tuple[float, ...]  # values that make a good demo
+    lo: float
+    hi: float
+    # min_flip search: (largest magnitude, coarse step, fine step); None = not continuous
+    search: tuple[float, float, float] | None = None
+    signed: bool = True  # search both directions
+    integer: bool = False
+    seeded: bool = False
+
+    def describe(self, v: float) -> str:
+        """A value as a phrase: 'rotating by 35° anticlockwise'."""
+        return _PHRASES[self.name](v)
+
+
+def _grid(start: float, stop: float, step: float) -> tuple[float, ...]:
+    n = int(round((stop - start) / step))
+    return tuple(round(start + i * step, 10) for i in range(n + 1))
+
+
+def _factor(v: float) -> str:
+    return f"{2.0 ** v:.3g}x"
+
+
+_PHRASES: dict[str, Callable[[float], str]] = {
+    "rotate": lambda v: f"rotating by {abs(v):g}° {'anticlockwise' if v > 0 else 'clockwise'}",
+    "scale": lambda v: f"{'zooming in' if v > 0 else 'zooming out'} to {_factor(v)} the size",
+    "translate": lambda v: f"shifting {abs(v):.0%} of the width to the {'right' if v > 0 else 'left'}",
+    "flip": lambda v: "mirroring left-right" if v else "leaving it unmirrored",
+    "brightness": lambda v: f"{'brightening' if v > 0 else 'darkening'} to {_factor(v)} the light",
+    "contrast": lambda v: f"{'raising' if v > 0 else 'lowering'} the contrast to {_factor(v)}",
+    "gamma": lambda v: f"a gamma of {_factor(v).rstrip('x')}",
+    "blur": lambda v: f"blurring with sigma {v:g} pixels",
+    "noise": lambda v: f"adding noise of standard deviation {v:g}",
+    "shuffle": lambda v: f"shuffling {int(v)}x{int(v)} tiles",
+    "occlude": lambda v: f"a grey patch at {v}",
+}
+
+TRANSFORMS: dict[str, Transform] = {t.name: t for t in (
+    Transform("rotate", "Rotation", "degrees", rotate, _grid(0, 345, 15), -360, 360, (180, 10, 1)),
+    Transform("scale", "Scale", "log2 zoom", scale, _grid(-2, 2, 0.25), -4, 4, (3, 0.25, 0.05)),
+    Transform("translate", "Translation", "fraction of the width", translate, _grid(-0.5, 0.5, 0.05), -1, 1,
+              (0.5, 0.05, 0.01)),
+    Transform("flip", "Mirror (handedness)", "0 = as is, 1 = mirrored", flip, (0, 1), 0, 1, integer=True),
+    Transform("brightness", "Brightness", "stops (log2 of the light)", brightness, _grid(-4, 2, 0.5), -8, 8,
+              (4, 0.25, 0.05)),
+    Transform("contrast", "Contrast", "log2 contrast factor", contrast, _grid(-4, 2, 0.5), -8, 8, (4, 0.25, 0.05)),
+    Transform("gamma", "Gamma", "log2 gamma", gamma, _grid(-2, 2, 0.25), -4, 4, (3, 0.25, 0.05)),
+    Transform("blur", "Blur", "sigma in pixels", blur, _grid(0, 8, 0.5), 0, 32, (16, 1, 0.1), signed=False),
+    Transform("noise", "Gaussian noise", "standard deviation (pixel range 0-1)", noise, _grid(0, 0.5, 0.025), 0, 1,
+              (1, 0.05, 0.005), signed=False, seeded=True),
+    Transform("occlude", "Occlusion sweep", "patch size in pixels", occlude, (56,), 0, 512, integer=True),
+    Transform("shuffle", "Patch shuffle", "k (k x k tiles)", shuffle, (1, 2, 3, 4, 6, 8, 12, 16), 0, 112,
+              integer=True, seeded=True),
+)}
+
+
+def get(name: str) -> Transform:
+    if name not in TRANSFORMS:
+        raise LimitsError(f"Unknown transform {name!r}; choose one of {', '.join(TRANSFORMS)}.")
+    return TRANSFORMS[name]
+
+
+def parse_values(name: str, text: str | None) -> tuple[float, ...]:
+    """'0,15,30' or 'START:STOP:STEP' (STOP included when it falls on the grid);
+    None or '' gives the transform's default demo values."""
+    t = get(name)
+    if text is None or not str(text).strip():
+        return t.default
+    text = str(text).strip()
+    try:
+        parts = [float(p) for p in text.replace(" ", "").split(":" if ":" in text else ",") if p]
+    except ValueError:
+        parts = []
+    if not parts or (":" in text and len(parts) != 3):
+        raise LimitsError(f"Cannot read the values {text!r}: give a list (0,15,30) or START:STOP:STEP (0:360:15).")
+    if ":" not in text:
+        return check_values(name, parts)
+    start, stop, step = parts
+    if step <= 0 or stop < start:
+        raise LimitsError(f"In {text!r} the step must be positive and STOP at least START.")
+    n = math.floor((stop - start) / step + 1e-9) + 1
+    if n > MAX_POINTS:
+        raise LimitsError(f"{text!r} gives {n} values; at most {MAX_POINTS} per sweep.")
+    return check_values(name, (round(start + i * step, 10) for i in range(n)))
+
+
+def check_values(name: str, values) -> tuple[float, ...]:
+    t = get(name)
+    values = tuple(float(v) for v in values)
+    if not values:
+        raise LimitsError("Give at least one value.")
+    if len(values) > MAX_POINTS:
+        raise LimitsError(f"{len(values)} values; at most {MAX_POINTS} per sweep.")
+    if name == "occlude" and len(values) != 1:
+        raise LimitsError("occlude takes one value, the patch size in pixels (e.g. 56); it slides over every position.")
+    for v in values:
+        if not t.lo <= v <= t.hi or not math.isfinite(v):
+            raise LimitsError(f"{t.title}: {v:g} is out of range; use {t.lo:g} to {t.hi:g} ({t.unit}).")
+        if name == "flip" and v not in (0, 1):
+            raise LimitsError("flip takes 0 (as is) and 1 (mirrored).")
+        if t.integer and v != int(v):
+            raise LimitsError(f"{t.title} takes whole numbers ({t.unit}), not {v:g}.")
+    return values
+
+
+def apply(model: Model, image: Image.Image | torch.Tensor, name: str, value, seed: int = 0,
+          patch: int | None = None) -> torch.Tensor:
+    """One transformed input in pixels [1, 3, H, W]. For occlude `value` is (y, x) and
+    `patch` the size. The identity (value 0, flip 0, shuffle k <= 1) returns the input."""
+    x = model.to_pixels(image) if isinstance(image, Image.Image) else image
+    if name == "occlude":
+        return x if not patch else occlude(x, tuple(int(v) for v in value), int(patch))
+    if float(value) == 0 or (name == "shuffle" and value <= 1):
+        return x
+    return get(name).fn(x, float(value), seed)
+
+
+def occlusion_grid(size: tuple[int, int], patch: int, stride: int | None = None) -> list[tuple[int, int]]:
+    """Top-left corners of the patches, stride patch/2 by default, the last one flush
+    with the edge so every pixel is covered."""
+    h, w = size
+    patch = min(int(patch), h, w)
+    stride = max(1, stride or patch // 2)
+
+    def axis(n):
+        pos = list(range(0, n - patch + 1, stride))
+        return pos + [n - patch] if pos[-1] != n - patch else pos
+
+    return [(y, x) for y in axis(h) for x in axis(w)]
+
+
+# ---------------------------------------------------------------- sweeps
+
+@dataclass(frozen=True)
+class Point:
+    value: float | tuple[int, int]
+    top1: Top
+    orig_prob: float
+    orig_rank: int  # 1 = still the top class
+
+    def to_dict(self) -> dict:
+        v = list(self.value) if isinstance(self.value, tuple) else self.value
+        return {"value": v, "top1": self.top1.to_dict(), "orig_prob": self.orig_prob, "orig_rank": self.orig_rank}
+
+
+@dataclass
+class Sweep:
+    model_id: str
+    transform: str
+    original: Top
+    points: list[Point]
+    thumbs: np.ndarray  # uint8 [N, t, t, 3]: the transformed inputs, small
+    seed: int = 0
+    patch: int | None = None  # occlude only
+    grid: tuple[int, int] | None = None  # occlude: (rows, cols) of positions
+
+    @property
+    def changes(self) -> list[int]:
+        """Indices whose top-1 label differs from the previous point's."""
+        return [i for i in range(1, len(self.points)) if self.points[i].top1.index != self.points[i - 1].top1.index]
+
+    @property
+    def flipped(self) -> list[int]:
+        """Indices whose top-1 is no longer the original class."""
+        return [i for i, p in enumerate(self.points) if p.top1.index != self.original.index]
+
+    def prob_map(self) -> np.ndarray:
+        """occlude: the original class's probability per patch position [rows, cols]."""
+        return np.array([p.orig_prob for p in self.points]).reshape(self.grid)
+
+    def drop_map(self, size: tuple[int, int]) -> np.ndarray:
+        """occlude: per input pixel [H, W], the mean drop of the original class's probability
+        over the patches that covered it (Zeiler and Fergus's map, as Captum's Occlusion averages)."""
+        acc, cnt = np.zeros(size), np.zeros(size)
+        for p in self.points:
+            y, x = p.value
+            acc[y:y + self.patch, x:x + self.patch] += self.original.prob - p.orig_prob
+            cnt[y:y + self.patch, x:x + self.patch] += 1
+        return acc / np.maximum(cnt, 1)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model_id, "transform": self.transform, "original": self.original.to_dict(),
+                "points": [p.to_dict() for p in self.points]}
+
+
+def _forward(model: Model, batch: torch.Tensor) -> np.ndarray:
+    """Softmax over classes of pixel batch [N, 3, H, W], float64 as `predict` computes it."""
+    with model.lock, torch.inference_mode():
+        logits = model.net(model.normalize(batch))
+    return logits.double().softmax(-1).numpy()
+
+
+def _thumb(x: torch.Tensor, size: int) -> np.ndarray:
+    t = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (t.permute(0, 2, 3, 1).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def sweep(model: Model, image: Image.Image, name: str, values=None, seed: int = 0, *,
+          probs: np.ndarray | None = None, batch_size: int = 32, thumb: int = 96,
+          progress: Callable[[float], None] | None = None) -> Sweep:
+    """Classify the image under each value of one transform, `batch_size` images per pass.
+
+    `values`: for occlude, (patch size,) and the points are every patch position.
+    `probs`: the untransformed image's probabilities if already known (`predict`'s);
+    identity points reuse them, so value 0 gives exactly `predict`'s top-1 and prob.
+    """
+    from .predict import probabilities
+
+    t = get(name)
+    values = check_values(name, t.default if values is None else values)
+    x = model.to_pixels(image)
+    probs = probabilities(model, image) if probs is None else probs
+    orig = int(np.argmax(probs))
+    patch = grid = None
+    if name == "occlude":
+        patch = min(int(values[0]), *x.shape[-2:])
+        corners = occlusion_grid(x.shape[-2:], patch) if patch else [(0, 0)]
+        points_v: list = corners
+        grid = (len({c[0] for c in corners}), len({c[1] for c in corners}))
+    else:
+        points_v = list(values)
+    n = len(points_v)
+    out = np.empty((n, len(probs)))
+    thumbs = np.empty((n, thumb, thumb, 3), np.uint8)
+    chunk: list[tuple[int, torch.Tensor]] = []
+
+    def flush():
+        idx = [i for i, _ in chunk]
+        batch = torch.cat([xi for _, xi in chunk])
+        out[idx] = _forward(model, batch)
+        thumbs[idx] = _thumb(batch, thumb)
+        chunk.clear()
+        if progress:
+            progress((idx[-1] + 1) / n)
+
+    # transformed images are made a batch at a time, so memory stays flat for long sweeps
+    for i, v in enumerate(points_v):
+        xi = apply(model, x, name, v, seed, patch)
+        if xi is x:  # the identity: predict's own numbers, no batched pass
+            out[i] = probs
+            thumbs[i] = _thumb(x, thumb)[0]
+        else:
+            chunk.append((i, xi))
+        if len(chunk) == batch_size:
+            flush()
+    if chunk:
+        flush()
+    top_i = out.argmax(1)
+    ranks = (out > out[:, orig:orig + 1]).sum(1) + 1
+    points = [Point(v if name == "occlude" else float(v),
+                    Top(int(k), model.categories[k], float(out[i, k])), float(out[i, orig]), int(ranks[i]))
+              for i, (v, k) in enumerate(zip(points_v, top_i))]
+    original = Top(orig, model.categories[orig], float(probs[orig]))
+    return Sweep(model.id, name, original, points, thumbs, seed, patch, grid)
+
+
+def compare(models: list[Model], image: Image.Image, name: str, values=None, seed: int = 0, **kw) -> list[Sweep]:
+    """The same sweep on several models (each sees the transform at its own input size)."""
+    return [sweep(m, image, name, values, seed, **kw) for m in models]
+
+
+# ---------------------------------------------------------------- smallest flip
+
+@dataclass(frozen=True)
+class Flip:
+    transform: str
+    original: Top
+    value: float | None  # the smallest flipping value found, signed; None if none in range
+    to: Top | None  # the new top-1 there
+    searched: float  # largest magnitude tried
+    step: float  # resolution of the answer
+
+    def sentence(self) -> str:
+        t = get(self.transform)
+        if self.value is None:
+            return (f"No {t.title.lower()} up to {self.searched:g} ({t.unit}) changes the answer "
+                    f"'{self.original.label}'.")
+        return (f"{t.describe(self.value)[0].upper()}{t.describe(self.value)[1:]} turns "
+                f"'{self.original.label}' into '{self.to.label}' ({self.to.prob:.0%}).")
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "to": self.to.to_dict() if self.to else None, "sentence": self.sentence()}
+
+
+def min_flip(model: Model, image: Image.Image, name: str, seed: int = 0, *, probs: np.ndarray | None = None,
+             batch_size: int = 32, known: Sweep | None = None) -> Flip | None:
+    """The smallest change of a continuous transform that changes the top-1 class.
+
+    Captum's MinParamPerturbation searches the magnitude in coarse steps, then in fine
+    steps just below the first flip; a signed transform tries +v and -v in the same pass
+    and reports the direction that flipped (+ when both did). A sweep of the same
+    transform (`known`) bounds the search: a flip it saw is never reported as "none"
+    (a coarse grid can step over a narrow flip). Returns None for transforms without a
+    continuous parameter (flip, occlude, shuffle).
+    """
+    from captum.robust import MinParamPerturbation
+
+    from .predict import probabilities
+
+    t = get(name)
+    if t.search is None:
+        return None
+    top, coarse, fine = t.search
+    x = model.to_pixels(image)
+    probs = probabilities(model, image) if probs is None else probs
+    target = int(np.argmax(probs))
+    original = Top(target, model.categories[target], float(probs[target]))
+    signs = (1, -1) if t.signed else (1,)
+    seen = [abs(_signed(name, known.points[i].value)) for i in known.flipped] if known else []
+    limit = min([top, *seen])
+
+    def attack(inp, amount):  # both directions in one small batch, normalized for the net
+        return model.normalize(torch.cat([t.fn(inp, s * amount, seed) for s in signs]))
+
+    def search(start: float, step: float, count: int) -> float | None:
+        """The first flipping value of start, start + step, ... (count + 1 values)."""
+        if count < 1:  # Captum wants at least two values
+            return None if count < 0 or not _flips(attack(x, start)) else start
+        # integer step counts: Captum's float range would drift (0.1 * 3 != 0.3)
+        mpp = MinParamPerturbation(
+            model.net, lambda inp, k: attack(inp, round(start + k * step, 10)), "k", 0, count + 0.5, 1,
+            correct_fn=lambda out, target: bool((out.argmax(1) == target).all()))
+        _, k = mpp.evaluate(x, target=target, perturbations_per_eval=max(1, batch_size // len(signs)))
+        return None if k is None else round(start + k * step, 10)
+
+    def _flips(batch) -> bool:
+        return bool((model.net(batch).argmax(1) != target).any())
+
+    with model.lock, torch.inference_mode():
+        hit = search(coarse, coarse, math.floor(limit / coarse + 1e-9) - 1)
+        if hit is None and seen:
+            hit = limit
+        if hit is None:
+            return Flip(name, original, None, None, top, coarse)
+        lo = (math.ceil(hit / coarse - 1e-9) - 1) * coarse + fine
+        hit = search(lo, fine, math.floor((hit - lo) / fine + 1e-9)) or hit
+        out = model.net(attack(x, hit)).double().softmax(-1).numpy()
+    for s, row in zip(signs, out):
+        k = int(row.argmax())
+        if k != target:
+            return Flip(name, original, s * hit, Top(k, model.categories[k], float(row[k])), top, fine)
+    return Flip(name, original, None, None, top, fine)  # only if the network is nondeterministic
+
+
+def _signed(name: str, value: float) -> float:
+    """A sweep value as a signed change from the identity (rotations wrap to +-180)."""
+    return (value + 180) % 360 - 180 if name == "rotate" else value

@@ -1,0 +1,577 @@
+"""Receptive fields: which input pixels a unit can see (theory) and which it uses (gradient).
+
+Theory: the network's torch.fx graph is walked in execution order, carrying for every
+tensor the field of its unit (0, 0) per spatial axis as (size, jump, top): a k x k
+window with stride s, dilation d and padding p turns it into
+(size + d(k-1) jump, jump s, top - p jump). Merges (residual adds, concatenations)
+take the union of their inputs' fields and must agree on jump. Pixel i of the input
+has centre i; boxes are half-open (top, left, bottom, right) and may reach into the
+padding outside the image.
+
+Effective field (Luo et al. 2016): |d unit / d input|, one forward and one backward.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import operator
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .hooks import Recorder
+from .models import Model
+
+Box = tuple[int, int, int, int]
+Progress = Callable[[float], None]  # fraction done
+
+
+class RFError(ValueError):
+    """Bad receptive-field input (unknown layer, unit outside the map); the message is for the user."""
+
+
+@dataclass(frozen=True)
+class Field:
+    size: tuple[int, int]  # (h, w) input pixels one unit sees
+    jump: tuple[int, int]  # input pixels between neighbouring units
+    start: tuple[float, float]  # centre of unit (0, 0) in input pixels
+
+    def centre(self, i: int, j: int) -> tuple[float, float]:
+        return (self.start[0] + i * self.jump[0], self.start[1] + j * self.jump[1])
+
+    def box(self, i: int, j: int) -> Box:
+        """Half-open (top, left, bottom, right) of unit (i, j); may reach outside the image."""
+        cy, cx = self.centre(i, j)
+        top, left = int(round(cy - (self.size[0] - 1) / 2)), int(round(cx - (self.size[1] - 1) / 2))
+        return (top, left, top + self.size[0], left + self.size[1])
+
+
+def clip(box: Box, input_size: tuple[int, int]) -> Box:
+    """The part of `box` inside an image of `input_size` (h, w)."""
+    t, l, b, r = box
+    h, w = input_size
+    return (min(max(t, 0), h), min(max(l, 0), w), max(min(b, h), 0), max(min(r, w), 0))
+
+
+def _intersect(a: Box, b: Box) -> Box:
+    t, l = max(a[0], b[0]), max(a[1], b[1])
+    return (t, l, max(min(a[2], b[2]), t), max(min(a[3], b[3]), l))
+
+
+def nearest_unit(f: Field, shape: tuple[int, int], y: float, x: float) -> tuple[int, int]:
+    """The unit of a map of `shape` (h, w) whose field is centred nearest to input pixel (y, x)."""
+    i = round((y - f.start[0]) / f.jump[0]) if f.jump[0] else 0
+    j = round((x - f.start[1]) / f.jump[1]) if f.jump[1] else 0
+    return (min(max(int(i), 0), shape[0] - 1), min(max(int(j), 0), shape[1] - 1))
+
+
+# ---------------------------------------------------------------- 1-D field arithmetic
+# One axis: (size, jump, top of unit 0's window). Integers throughout, so boxes are exact.
+
+@dataclass(frozen=True)
+class _Axis:
+    size: int
+    jump: int
+    top: int
+    # Input pixels [lo, hi) that some unit really depends on: inside the image, and short
+    # of trailing pixels a floor-mode stride dropped (AlexNet's conv1 at width 131).
+    lo: int
+    hi: int
+
+    def window(self, k: int, s: int, d: int, p: int, n_out: int) -> "_Axis":
+        size, jump, top = self.size + d * (k - 1) * self.jump, self.jump * s, self.top - p * self.jump
+        return _Axis(size, jump, top, max(top, self.lo), min(top + (n_out - 1) * jump + size, self.hi))
+
+    def whole(self, n: int) -> "_Axis":
+        """One unit that sees all `n` units of this axis (global pooling, flatten)."""
+        return _Axis(self.size + (n - 1) * self.jump, self.jump * n, self.top, self.lo, self.hi)
+
+
+def _merge(parts: list[tuple[_Axis, int]], n_out: int) -> tuple[_Axis, str]:
+    """Union of fields entering a merge; `parts` holds (axis, units along it).
+    Inputs with one unit broadcast over n_out > 1 units (squeeze-excitation): every
+    output unit must also see all of that input's field."""
+    local = [a for a, n in parts if n == n_out or n_out == 1]
+    wide = [a for a, n in parts if n == 1 and n_out > 1]
+    note = ""
+    if local:
+        jumps = sorted({a.jump for a in local})
+        if len(jumps) > 1 and n_out > 1:  # one unit: its jump means nothing
+            note = f"branches disagree on jump ({', '.join(map(str, jumps))}): field is a bound"
+        jump = jumps[-1]
+        top = min(a.top for a in local)
+        bottom = max(a.top + a.size for a in local)
+    else:
+        jump, top, bottom = 0, min(a.top for a in wide), max(a.top + a.size for a in wide)
+    for a in wide:
+        top = min(top, a.top - (n_out - 1) * jump)
+        bottom = max(bottom, a.top + a.size)
+        note = note or "global context (a 1x1 branch broadcast over the map): every unit sees all of its field"
+    lo, hi = min(a.lo for a, _ in parts), max(a.hi for a, _ in parts)
+    return _Axis(bottom - top, jump, top, lo, hi), note
+
+
+# ---------------------------------------------------------------- graph walk
+
+@dataclass(frozen=True)
+class _State:
+    """Field of a tensor's unit (0, 0), and where its spatial axes are."""
+    y: _Axis
+    x: _Axis
+    axes: tuple[int, int] | None  # None once the spatial structure is gone (flatten)
+    hw: tuple[int, int]
+    ndim: int = 4
+
+    def extent(self) -> Box:
+        return (self.y.lo, self.x.lo, self.y.hi, self.x.hi)
+
+    def field(self) -> Field:
+        return Field((self.y.size, self.x.size), (self.y.jump, self.x.jump),
+                     (self.y.top + (self.y.size - 1) / 2, self.x.top + (self.x.size - 1) / 2))
+
+    def collapsed(self) -> "_State":
+        if self.axes is None:
+            return self
+        return _State(self.y.whole(self.hw[0]), self.x.whole(self.hw[1]), None, (1, 1))
+
+
+@dataclass
+class Row:
+    """One line of the architecture table (a layer call or a merge)."""
+    name: str
+    type: str
+    shape: tuple[int, ...]
+    params: int
+    kernel: tuple[int, int] | None = None
+    stride: tuple[int, int] | None = None
+    dilation: tuple[int, int] | None = None
+    padding: tuple[int, int] | None = None  # top/left padding (the part that moves the field)
+    field: Field | None = None
+    extent: Box | None = None  # input pixels some unit of this layer depends on (top, left, bottom, right)
+    note: str = ""
+    layer: bool = True  # False for merges (add, cat, mul): not inspectable layers
+
+    def to_dict(self) -> dict:
+        f = self.field
+        return {
+            "name": self.name, "type": self.type, "shape": list(self.shape), "params": self.params,
+            "kernel": _l(self.kernel), "stride": _l(self.stride), "dilation": _l(self.dilation),
+            "padding": _l(self.padding), "size": _l(f and f.size), "jump": _l(f and f.jump),
+            "start": _l(f and f.start), "extent": _l(self.extent), "note": self.note, "layer": self.layer,
+        }
+
+
+def _l(t):
+    return list(t) if t else None
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _same_pad(n: int, k: int, s: int, d: int) -> int:
+    """TF 'SAME' padding before the first pixel (EfficientNet-Lite's dynamic padding)."""
+    total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
+    return total // 2
+
+
+def _window_of(m: nn.Module, hw: tuple[int, int]):
+    """(kernel, stride, dilation, top/left padding) of a windowed module, or None."""
+    if isinstance(m, nn.modules.conv._ConvNd) and len(m.kernel_size) == 2:
+        k, s, d = m.kernel_size, m.stride, m.dilation
+        if "DynamicSamePadding" in type(m).__name__:
+            p = tuple(_same_pad(hw[a], k[a], s[a], d[a]) for a in (0, 1))
+        elif m.padding == "same":
+            p = tuple(d[a] * (k[a] - 1) // 2 for a in (0, 1))
+        elif m.padding == "valid":
+            p = (0, 0)
+        else:
+            p = _pair(m.padding)
+        extra = getattr(m, "static_padding", None)  # Conv2dStaticSamePadding holds a ZeroPad2d
+        if isinstance(extra, nn.ZeroPad2d):
+            p = (p[0] + extra.padding[2], p[1] + extra.padding[0])
+        return _pair(k), _pair(s), _pair(d), p
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+        k = _pair(m.kernel_size)
+        s = _pair(m.stride or m.kernel_size)
+        d = _pair(getattr(m, "dilation", 1))
+        if "DynamicSamePadding" in type(m).__name__:
+            p = tuple(_same_pad(hw[a], k[a], s[a], d[a]) for a in (0, 1))
+        else:
+            p = _pair(m.padding)
+        return k, s, d, p
+    return None
+
+
+def _adaptive(hw_in, hw_out):
+    """Adaptive pooling as a window when the sizes divide; (window, exact?)."""
+    k, s, exact = [], [], True
+    for a in (0, 1):
+        n, m = hw_in[a], hw_out[a]
+        if n % m == 0:
+            k.append(n // m), s.append(n // m)
+        else:  # PyTorch's bins: start floor(i n/m), end ceil((i+1) n/m)
+            exact = False
+            k.append(math.ceil(n / m) + 1), s.append(max(n // m, 1))
+    return (tuple(k), tuple(s), (1, 1), (0, 0)), exact
+
+
+_MERGES = {operator.add: "add", operator.iadd: "add", torch.add: "add", operator.mul: "mul",
+           operator.imul: "mul", torch.mul: "mul", torch.cat: "cat", torch.concat: "cat", torch.stack: "stack"}
+_F_WINDOWS = {F.max_pool2d, F.avg_pool2d, torch.max_pool2d}
+_F_ADAPTIVE = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
+
+
+_UNKNOWN = object()  # the state of a tensor downstream of an op the arithmetic cannot follow
+
+
+class _Tracer(fx.Tracer):
+    """Stops at the inspectable layers (they may compute padding from shapes inside)."""
+
+    def __init__(self, leaves: set[int]):
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return id(m) in self.leaves or super().is_leaf_module(m, qualname)
+
+
+class _Walk(fx.Interpreter):
+    """Runs the traced graph once on a real input, carrying a `_State` beside every tensor."""
+
+    def __init__(self, gm: fx.GraphModule, inspectable: dict[str, nn.Module]):
+        super().__init__(gm)
+        self.inspectable = inspectable
+        self.states: dict[fx.Node, object] = {}  # _State, _UNKNOWN, or None (not from the input)
+        self.rows: list[Row] = []
+        self.calls: dict[str, int] = {}
+        self.unknown = ""  # the first op whose effect on fields is not a window
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        self.states[n] = self._state(n, out) if isinstance(out, torch.Tensor) else None
+        return out
+
+    def _state(self, n: fx.Node, out: torch.Tensor):
+        """The tensor's `_State`, `_UNKNOWN`, or None for tensors not computed from the input."""
+        if n.op == "placeholder":
+            h, w = out.shape[-2:]
+            return _State(_Axis(1, 1, 0, 0, h), _Axis(1, 1, 0, 0, w), (out.ndim - 2, out.ndim - 1), (h, w), out.ndim)
+        raw = [self.states.get(a) for a in n.all_input_nodes]
+        if any(s is _UNKNOWN for s in raw):  # downstream of an op the arithmetic cannot follow
+            self._row(n, out, None, None, "", _MERGES.get(n.target) if n.op == "call_function" else None)
+            return _UNKNOWN
+        ins = [s for s in raw if s is not None]
+        if not ins:  # a constant, not computed from the input
+            return None
+        src = ins[0]
+        window, note, kind = None, "", None
+        if n.op == "call_module":
+            m = self.module.get_submodule(n.target)
+            if src.axes is not None:
+                window = _window_of(m, src.hw)
+                if window is None and isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+                    window, exact = _adaptive(src.hw, tuple(out.shape[-2:]))
+                    note = "" if exact else "adaptive pooling with uneven bins: field is a bound"
+            kind = type(m).__name__
+        elif n.op == "call_function" and src.axes is not None:
+            if n.target in _F_WINDOWS:
+                args = list(n.args[1:]) + [None] * 4
+                k = _pair(n.kwargs.get("kernel_size", args[0]))
+                s = _pair(n.kwargs.get("stride", args[1]) or k)
+                p = _pair(n.kwargs.get("padding", args[2]) or 0)
+                d = _pair(n.kwargs.get("dilation", args[3]) or 1) if n.target in (F.max_pool2d, torch.max_pool2d) else (1, 1)
+                window = (k, s, d, p)
+            elif n.target in _F_ADAPTIVE:
+                window, exact = _adaptive(src.hw, tuple(out.shape[-2:]))
+                note = "" if exact else "adaptive pooling with uneven bins: field is a bound"
+            elif n.target is F.pad:
+                pad = list(n.kwargs.get("pad", n.args[1]))
+                if len(pad) >= 4:  # (left, right, top, bottom)
+                    window = ((1, 1), (1, 1), (1, 1), (pad[2], pad[0]))
+            kind = _MERGES.get(n.target)
+        if window is not None:
+            k, s, d, p = window
+            hw = tuple(out.shape[-2:])
+            st = _State(src.y.window(k[0], s[0], d[0], p[0], hw[0]), src.x.window(k[1], s[1], d[1], p[1], hw[1]),
+                        src.axes, hw, out.ndim)
+        else:
+            st, note = self._generic(n, out, ins)
+        self._row(n, out, st, window, note, kind)
+        return st
+
+    def _generic(self, n: fx.Node, out: torch.Tensor, ins: list[_State]) -> tuple[object, str]:
+        """Ops that do not slide a window: elementwise ops and merges keep the spatial
+        axes (broadcasting included), permutes move them, anything else (flatten,
+        view, mean) folds all units into one."""
+        ref = max(ins, key=lambda s: s.hw[0] * s.hw[1] if s.axes is not None else 0)
+        if ref.axes is None:
+            return _merged(ins, None, (1, 1), 1), ""
+        module = self.module.get_submodule(n.target) if n.op == "call_module" else None
+        if (n.op == "call_method" and n.target == "permute") or n.target is torch.permute \
+                or isinstance(getattr(module, "dims", None), (list, tuple)):  # torchvision's Permute module
+            dims = module.dims if module is not None else n.kwargs.get("dims") or (
+                n.args[1] if isinstance(n.args[1], (tuple, list)) else n.args[1:])
+            dims = [int(d) % out.ndim for d in dims]  # (ConvNeXt's blocks run channels-last)
+            axes = (dims.index(ref.axes[0]), dims.index(ref.axes[1]))
+            return _State(ref.y, ref.x, axes, ref.hw, out.ndim), ""
+        hw = None
+        if out.ndim == ref.ndim and all(out.shape[a] == h for a, h in zip(ref.axes, ref.hw)):
+            hw, axes = ref.hw, ref.axes
+        elif ref.axes == (ref.ndim - 2, ref.ndim - 1) and out.ndim >= 3 and tuple(out.shape[-2:]) == ref.hw:
+            hw, axes = ref.hw, (out.ndim - 2, out.ndim - 1)  # a view that keeps H, W last (channel shuffle)
+        if hw is None and out.ndim == ref.ndim and any(out.shape[a] > 1 for a in ref.axes):
+            op = type(module).__name__ if module is not None else getattr(n.target, "__name__", n.target)
+            self.unknown = self.unknown or f"{op} ({n.name})"
+            return _UNKNOWN, ""  # slicing, resampling: not a sliding window
+        if hw is None:
+            return _merged([s.collapsed() for s in ins], None, (1, 1), out.ndim), ""
+        spatial = [s for s in ins if s.axes is not None]
+        return _merged(spatial, axes, hw, out.ndim, with_note=True)
+
+    def _row(self, n, out, st, window, note, kind) -> None:
+        if n.op == "call_module":
+            base = str(n.target)
+            if base not in self.inspectable:
+                return
+            k = self.calls.get(base, 0)
+            self.calls[base] = k + 1
+            m = self.inspectable[base]
+            row = Row(f"{base}#{k}" if k else base, type(m).__name__, tuple(out.shape[1:]),
+                      sum(p.numel() for p in m.parameters()))
+        elif kind in ("add", "mul", "cat", "stack") and len(n.all_input_nodes) > 1:
+            row = Row(n.name, kind, tuple(out.shape[1:]), 0, layer=False)
+        else:
+            return
+        if window is not None:
+            row.kernel, row.stride, row.dilation, row.padding = window
+        known = isinstance(st, _State)
+        row.field = st.field() if known else None
+        row.extent = st.extent() if known else None
+        row.note = note if known else f"unknown: the arithmetic cannot follow {self.unknown}"
+        self.rows.append(row)
+
+
+def _merged(ins: list[_State], axes, hw, ndim: int, with_note: bool = False):
+    ys, ny = _merge([(s.y, s.hw[0]) for s in ins], hw[0])
+    xs, nx = _merge([(s.x, s.hw[1]) for s in ins], hw[1])
+    st = _State(ys, xs, axes, hw, ndim)
+    if with_note:
+        return st, (ny or nx) if len(ins) > 1 else ""
+    return st
+
+
+# ---------------------------------------------------------------- public API
+
+def _check_size(input_size) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in input_size)
+    except (TypeError, ValueError):
+        raise RFError(f"Input size {input_size!r} is not two integers (height, width).") from None
+    if not (16 <= h <= 2048 and 16 <= w <= 2048):
+        raise RFError(f"Input size {h}x{w} is out of range: use 16 to 2048 pixels a side.")
+    return h, w
+
+
+def architecture(model: Model, input_size=None) -> list[Row]:
+    """Every inspectable layer call (names as in `model.layers`) and every merge, in
+    execution order, with window parameters, output shape, parameters and receptive
+    field, from one traced forward pass on a blank input of `input_size` (h, w)."""
+    h, w = _check_size(input_size or model.input_size)
+    inspectable = model.layer_modules
+    tracer = _Tracer({id(m) for m in inspectable.values()})
+    # fx patches nn.Module.__call__ process-wide while it traces: hold the model's lock so
+    # no other session runs this model meanwhile (the page caches the table per model).
+    with model.lock:
+        try:
+            graph = tracer.trace(model.net)
+        except Exception as e:  # dynamic control flow fx cannot follow
+            raise RFError(f"Cannot trace {model.id} with torch.fx ({type(e).__name__}: {e}); "
+                          "receptive fields need a traceable forward.") from None
+        walk = _Walk(fx.GraphModule(tracer.root, graph), inspectable)
+        with torch.no_grad():
+            walk.run(torch.zeros(1, 3, h, w))
+    return walk.rows
+
+
+def fields(model: Model, input_size=None) -> dict[str, Field]:
+    """Layer call name (as in `model.layers` / cnnviz.hooks) -> receptive field of its units."""
+    return {r.name: r.field for r in architecture(model, input_size) if r.layer and r.field is not None}
+
+
+# ---------------------------------------------------------------- one unit, theory
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of a layer and its theoretical field on the input."""
+    layer: str
+    unit: tuple[int, int]
+    field: Field
+    shape: tuple[int, int]  # the layer's map (h, w); (1, 1) for non-spatial layers
+    input_size: tuple[int, int]
+    extent: Box  # input pixels the layer's units depend on at all
+    spatial: bool = True  # False for flat outputs (Linear): no map to take a gradient at
+
+    @property
+    def box(self) -> Box:
+        return self.field.box(*self.unit)
+
+    @property
+    def box_clipped(self) -> Box:
+        """The pixels the unit really depends on: its box inside the image, less any trailing
+        pixels that a floor-mode stride left out of every unit of the layer."""
+        return _intersect(self.box, self.extent)
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return self.field.centre(*self.unit)
+
+
+def rows_by_name(rows: list[Row]) -> dict[str, Row]:
+    return {r.name: r for r in rows if r.layer and r.field is not None}
+
+
+def check_layer(rows: list[Row], layer: str, spatial: bool = False) -> Row:
+    """The table row of `layer`, or an RFError naming the closest layer names."""
+    named = rows_by_name(rows)
+    if spatial:
+        named = {n: r for n, r in named.items() if len(r.shape) == 3}
+    if layer not in named:
+        close = difflib.get_close_matches(layer, list(named), n=5, cutoff=0.4)
+        kind = "with a spatial output " if spatial else ""
+        raise RFError(f"No layer {layer!r} {kind}in this model." + (f" Closest: {', '.join(close)}." if close else "")
+                      + " List them with `python -m cnnviz rf --all`.")
+    return named[layer]
+
+
+def unit(rows: list[Row], layer: str, i: int | None = None, j: int | None = None,
+         input_size: tuple[int, int] = (224, 224)) -> Unit:
+    """Unit (i, j) of `layer` (default: the centre unit), checked against the map's size."""
+    row = check_layer(rows, layer)
+    h, w = row.shape[1:] if len(row.shape) == 3 else (1, 1)
+    i = (h - 1) // 2 if i is None else i
+    j = (w - 1) // 2 if j is None else j
+    if not (0 <= i < h and 0 <= j < w):
+        raise RFError(f"Unit ({i}, {j}) is outside {layer}'s {h}x{w} map: use 0..{h - 1} and 0..{w - 1}.")
+    return Unit(layer, (int(i), int(j)), row.field, (h, w), tuple(input_size), row.extent, len(row.shape) == 3)
+
+
+# ---------------------------------------------------------------- effective field
+
+@dataclass(frozen=True)
+class Effective:
+    """|d unit / d input| summed over colour channels, and its mass boxes."""
+    map: np.ndarray  # float32 [H, W]
+    box50: Box | None  # smallest box around the unit's centre holding 50% of the map's mass
+    box90: Box | None
+    samples: int = 1
+
+    @property
+    def empty(self) -> bool:
+        return self.box50 is None
+
+
+def mass_boxes(m: np.ndarray, centre: tuple[float, float], fractions=(0.5, 0.9)) -> list[Box | None]:
+    """For each fraction q, the smallest box centred on `centre` (growing in half-pixel
+    steps, clipped to the map) that holds at least q of the map's mass; None if empty."""
+    m = np.asarray(m, np.float64)
+    total = m.sum()
+    if not np.isfinite(total) or total <= 0:
+        return [None for _ in fractions]
+    h, w = m.shape
+    s = np.zeros((h + 1, w + 1))
+    s[1:, 1:] = m.cumsum(0).cumsum(1)
+    r = np.arange(0, 2 * max(h, w) + 2) / 2
+    cy, cx = centre
+    t = np.clip(np.ceil(cy - r), 0, h).astype(int)
+    l = np.clip(np.ceil(cx - r), 0, w).astype(int)
+    b = np.clip(np.floor(cy + r) + 1, 0, h).astype(int)
+    rr = np.clip(np.floor(cx + r) + 1, 0, w).astype(int)
+    mass = s[b, rr] - s[t, rr] - s[b, l] + s[t, l]
+    out = []
+    for q in fractions:
+        k = int(np.argmax(mass >= q * total * (1 - 1e-9)))
+        out.append((int(t[k]), int(l[k]), int(b[k]), int(rr[k])))
+    return out
+
+
+def _input_grads(model: Model, x: torch.Tensor, layer: str, ij: tuple[int, int],
+                 channel: int | None) -> np.ndarray:
+    """[B, H, W]: |d out[b, channel or all channels summed, i, j] / d x[b]| summed over colours;
+    one forward and one backward for the whole batch (samples do not interact in eval mode)."""
+    i, j = ij
+    xg = x.detach().clone().requires_grad_(True)
+    with Recorder(model, [layer], detach=False) as rec, torch.enable_grad():
+        model.net(xg)
+        out = rec.outputs[layer]
+        if out._version:  # a later in-place op (ResNet's `out += identity`) changed it
+            raise RFError(f"{layer}'s output is changed in place by the operation after it (a residual add "
+                          "or an in-place ReLU), "
+                          "so its own gradient cannot be taken; pick the layer right after it.")
+        if channel is not None and not 0 <= channel < out.shape[1]:
+            raise RFError(f"Channel {channel} does not exist in {layer} (0..{out.shape[1] - 1}).")
+        target = out[:, channel, i, j] if channel is not None else out[:, :, i, j].sum(1)
+        (g,) = torch.autograd.grad(target.sum(), xg)
+    return g.abs().sum(1).numpy().astype(np.float32)
+
+
+def effective(model: Model, x: torch.Tensor, u: Unit, channel: int | None = None) -> Effective:
+    """The effective field of unit `u` on the input x [1, 3, H, W] (normalized):
+    |gradient| of that unit (all channels at that position, or one channel)."""
+    _need_spatial(u)
+    m = _input_grads(model, x, u.layer, u.unit, channel)[0]
+    return Effective(m, *mass_boxes(m, u.centre))
+
+
+def average_effective(model: Model, u: Unit, inputs: torch.Tensor, channel: int | None = None,
+                      batch_size: int = 8, progress: Progress | None = None) -> Effective:
+    """Mean effective field of unit `u` over `inputs` [N, 3, H, W] (normalized), batch by
+    batch; `progress(fraction done)` after each batch."""
+    _need_spatial(u)
+    n = len(inputs)
+    if n == 0:
+        raise RFError("No inputs to average over.")
+    total = np.zeros(inputs.shape[-2:], np.float64)
+    for k in range(0, n, batch_size):
+        total += _input_grads(model, inputs[k:k + batch_size], u.layer, u.unit, channel).sum(0)
+        if progress:
+            progress(min(k + batch_size, n) / n)
+    m = (total / n).astype(np.float32)
+    return Effective(m, *mass_boxes(m, u.centre), samples=n)
+
+
+def noise_inputs(model: Model, n: int, seed: int = 0) -> torch.Tensor:
+    """n standard-normal inputs in the network's normalized space (Luo et al.'s setting)."""
+    if not 1 <= n <= 256:
+        raise RFError(f"Use 1 to 256 noise inputs, not {n}.")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, *model.input_size, generator=g)
+
+
+def sample_inputs(model: Model) -> torch.Tensor:
+    """The bundled sample images, preprocessed for `model`: [N, 3, H, W]."""
+    from .images import load_image
+    from .samples import sample_paths
+
+    return torch.cat([model.preprocess(load_image(p)) for p in sample_paths().values()])
+
+
+def _need_spatial(u: Unit) -> None:
+    if not u.spatial:
+        raise RFError(f"{u.layer} has no spatial map (it sees the whole image); pick a convolutional layer.")
+
+
+def summary(u: Unit, eff: Effective | None) -> dict:
+    """Theoretical size inside the image, effective (90% mass box) size and their ratio
+    (square root of the area ratio)."""
+    t, l, b, r = u.box_clipped
+    out = {"theoretical": (b - t, r - l), "effective": None, "ratio": None}
+    if eff is not None and eff.box90 is not None:
+        et, el, eb, er = eff.box90
+        out["effective"] = (eb - et, er - el)
+        out["ratio"] = math.sqrt((eb - et) * (er - el) / max((b - t) * (r - l), 1))
+    return out
