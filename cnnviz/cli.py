@@ -11,20 +11,25 @@ import sys
 import time
 
 from . import models
-from .images import ImageError, load_image
 from .activations import LayerNotFound
-from .models import ModelError
-from .predict import UnknownClass
-from .saliency import SaliencyError
-from .receptive import RFError
+from .adversarial import AttackError
 from .featurevis import FeatureVisError
 from .filters import FilterError
+from .images import ImageError, load_image
 from .limits import LimitsError
-from .adversarial import AttackError
+from .models import ModelError
+from .predict import UnknownClass
+from .receptive import RFError
+from .saliency import SaliencyError
 
 
 class UsageError(Exception):
     pass
+
+
+# The user's mistake (exit 2, one line), as opposed to a bug (exit 1).
+BAD_INPUT = (UsageError, ImageError, ModelError, LayerNotFound, UnknownClass, SaliencyError, RFError,
+             FeatureVisError, FilterError, LimitsError, AttackError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -408,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         out = args.fn(args)
-    except (UsageError, ImageError, ModelError, LayerNotFound, UnknownClass, SaliencyError, LimitsError, FeatureVisError, FilterError, RFError, AttackError) as e:
+    except BAD_INPUT as e:
         print(f"cnnviz: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
