@@ -32,7 +32,7 @@ SAMPLE = ROOT / "assets" / "samples" / "cat.jpg"
 
 
 def gradcam_rows(model_id: str, layer: str, repeats: int) -> list[dict]:
-    from captum.attr import LayerGradCam
+    from captum.attr import LayerAttribution, LayerGradCam
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     from torchcam.methods import GradCAM as TorchcamGradCAM
@@ -57,12 +57,16 @@ def gradcam_rows(model_id: str, layer: str, repeats: int) -> list[dict]:
     def pytorch_grad_cam():
         pgc(input_tensor=x, targets=[ClassifierOutputTarget(target)])
 
+    # Same output for all: a map at the input's resolution, ready to overlay (ours and
+    # pytorch-grad-cam upsample inside; torchcam and Captum return the layer-sized map).
     def torchcam():
         out = peer_net(x)
-        tc(target, out)
+        cam = tc(target, out)[0]
+        torch.nn.functional.interpolate(cam[None], size=x.shape[-2:], mode="bilinear", align_corners=True)
 
     def captum():
-        cap.attribute(x.detach().requires_grad_(True), target=target)
+        a = cap.attribute(x.detach().requires_grad_(True), target=target)
+        LayerAttribution.interpolate(a, x.shape[-2:], "bilinear")
 
     t = interleaved({"bare": bare, "ours": ours, "pytorch-grad-cam": pytorch_grad_cam, "torchcam": torchcam,
                      "captum": captum}, repeats)

@@ -60,6 +60,17 @@ def test_untargeted_pgd_flips_and_targeted_pgd_reaches_a_far_class(bundled, smal
     assert A.classify(bundled, naive)[0].argmax() != target
 
 
+@pytest.mark.parametrize("target", [None, 409])
+def test_the_fused_first_step_is_captums_step(bundled, small, target):
+    """attack() takes PGD's first step itself (its forward pass gives the label too):
+    the result equals Captum's PGD run from the start with a separate label pass."""
+    r = A.attack(bundled, small, "pgd", 3, 6, target=target)
+    goal = target if target is not None else int(A.classify(bundled, small)[0].argmax())
+    alone = A._pgd(bundled, small, small, 3, r.step_size, 6, goal, target is not None)
+    assert np.array_equal(r.adversarial, A.to_uint8(alone))
+    assert np.allclose(r.probs_before, A.classify(bundled, small)[0])
+
+
 def test_seed_reproducibility_without_touching_the_global_generator(bundled, small):
     state = torch.get_rng_state()
     a = A.attack(bundled, small, "pgd", 4, 3, random_start=True, seed=7)
