@@ -3,7 +3,9 @@ import logging
 
 import streamlit as st
 
-st.set_page_config(page_title="cnnviz: inside CNNs", page_icon=":material/visibility:", layout="wide")
+# A lecture link (`?lecture=1`) opens with the sidebar folded away, for the projector.
+st.set_page_config(page_title="cnnviz: inside CNNs", page_icon=":material/visibility:", layout="wide",
+                   initial_sidebar_state="collapsed" if st.query_params.get("lecture") == "1" else "auto")
 
 from cnnviz.app.pages import PAGES  # noqa: E402  (after set_page_config)
 from cnnviz.app.sidebar import sidebar  # noqa: E402
