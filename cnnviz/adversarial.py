@@ -166,11 +166,7 @@ def attack(model: Model, image: Image.Image | torch.Tensor, method: str = "pgd",
             before, start = _first_step(model, x0, eps, alpha, target)
         else:
             before, start = classify(model, x0)[0], None
-        label = int(before.argmax())
-        if target is not None and target == label:
-            raise AttackError(f"The image is already classified as {model.categories[label]} ({label}); "
-                              "pick another target class, or attack untargeted.")
-        goal = target if target is not None else label
+        goal = _goal(model, before, target)
         if method == "fgsm":
             adv = _fgsm(model, x0, eps, goal, target is not None)
             steps = 1
@@ -181,6 +177,15 @@ def attack(model: Model, image: Image.Image | torch.Tensor, method: str = "pgd",
         after = classify(model, adv)[0]
     return Result(method, float(eps), steps, alpha, target, bool(random_start and method == "pgd"), int(seed),
                   to_uint8(x0), to_uint8(adv), before, after)
+
+
+def _goal(model: Model, before: np.ndarray, target: int | None) -> int:
+    """The class the loss is about: the target, or (untargeted) the current answer."""
+    label = int(before.argmax())
+    if target is not None and target == label:
+        raise AttackError(f"The image is already classified as {model.categories[label]} ({label}); "
+                          "pick another target class, or attack untargeted.")
+    return target if target is not None else label
 
 
 def _loss() -> nn.Module:
@@ -320,11 +325,7 @@ def budget_sweep(model: Model, image: Image.Image | torch.Tensor, method: str = 
         check(model, method, b, steps, step_size, target)
     x0 = pixels(model, image)
     before = classify(model, x0)[0]
-    label = int(before.argmax())
-    if target is not None and target == label:
-        raise AttackError(f"The image is already classified as {model.categories[label]} ({label}); "
-                          "pick another target class.")
-    goal = target if target is not None else label
+    label, goal = int(before.argmax()), _goal(model, before, target)
     if method == "fgsm":
         with model.lock:
             probs = classify(model, _fgsm_sweep(model, x0, budgets, goal, target is not None))

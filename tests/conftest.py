@@ -41,6 +41,17 @@ def samples():
     return sample_paths()
 
 
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """An empty feature-visualization cache (disk and memory) for one test; yields its folder."""
+    from cnnviz import featurevis
+
+    monkeypatch.setenv("CNNVIZ_CACHE", str(tmp_path / "cache"))
+    featurevis.MEMORY.clear()
+    yield tmp_path / "cache" / "featurevis"
+    featurevis.MEMORY.clear()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

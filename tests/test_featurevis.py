@@ -16,12 +16,7 @@ from cnnviz.receptive import clip, fields
 LAYER = "_blocks.3._swish#1"
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("CNNVIZ_CACHE", str(tmp_path / "cache"))
-    FV.MEMORY.clear()
-    yield tmp_path / "cache" / "featurevis"
-    FV.MEMORY.clear()
+pytestmark = pytest.mark.usefixtures("cache_dir")  # a private feature-visualization cache
 
 
 def spec(channel=5, **kw):

@@ -8,12 +8,7 @@ from cnnviz import featurevis as FV
 from .conftest import ROOT
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("CNNVIZ_CACHE", str(tmp_path / "cache"))
-    FV.MEMORY.clear()
-    yield tmp_path / "cache" / "featurevis"
-    FV.MEMORY.clear()
+pytestmark = pytest.mark.usefixtures("cache_dir")  # a private feature-visualization cache
 
 
 def open_page(**params):
