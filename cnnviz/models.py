@@ -107,6 +107,17 @@ class Model:
         return nn.Sequential(T.Normalize(list(self.mean), list(self.std)), self.net).eval()
 
     @cached_property
+    def fast_net(self) -> nn.Module:
+        """`pixel_net` with BatchNorms folded into their convolutions (see `fold`): the
+        same function to float rounding, faster per gradient step; for many-step loops
+        whose every number need not match `pixel_net` to the last bit (PGD's steps)."""
+        from .fold import fast_copy
+
+        probe = torch.rand(1, 3, *self.input_size, generator=torch.Generator().manual_seed(0))
+        with self.lock:  # the probe pass hooks the shared modules
+            return fast_copy(self.pixel_net, probe)
+
+    @cached_property
     def layers(self) -> list[LayerInfo]:
         """Inspectable layers in execution order, one entry per call."""
         from .hooks import probe_layers  # hooks imports this module

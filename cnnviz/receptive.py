@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import math
 import operator
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -230,11 +231,29 @@ _UNKNOWN = object()  # the state of a tensor downstream of an op the arithmetic 
 
 
 class _Tracer(fx.Tracer):
-    """Stops at the inspectable layers (they may compute padding from shapes inside)."""
+    """Stops at the inspectable layers (they may compute padding from shapes inside).
+
+    While it traces, fx replaces `nn.Module.__call__` and `__getattr__` process-wide, so
+    another session's forward pass (any model, another thread) would be routed into
+    this trace and fail. Calls from any thread but the tracing one pass straight through."""
 
     def __init__(self, leaves: set[int]):
         super().__init__()
         self.leaves = leaves
+        self.thread: int | None = None
+
+    def trace(self, root, concrete_args=None):
+        self.thread = threading.get_ident()
+        return super().trace(root, concrete_args)
+
+    def _elsewhere(self) -> bool:
+        return threading.get_ident() != self.thread
+
+    def call_module(self, m, forward, args, kwargs):
+        return forward(*args, **kwargs) if self._elsewhere() else super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        return attr_val if self._elsewhere() else super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return id(m) in self.leaves or super().is_leaf_module(m, qualname)
@@ -384,8 +403,8 @@ def architecture(model: Model, input_size=None) -> list[Row]:
     h, w = _check_size(input_size or model.input_size)
     inspectable = model.layer_modules
     tracer = _Tracer({id(m) for m in inspectable.values()})
-    # fx patches nn.Module.__call__ process-wide while it traces: hold the model's lock so
-    # no other session runs this model meanwhile (the page caches the table per model).
+    # The lock keeps other sessions' hooks off this model's modules while it is traced
+    # and walked (other models' passes go past the tracer, see _Tracer).
     with model.lock:
         try:
             graph = tracer.trace(model.net)

@@ -83,6 +83,36 @@ def test_an_op_the_arithmetic_cannot_follow_is_named():
     assert "2" not in R.fields(m) and "0" in R.fields(m)
 
 
+def test_other_sessions_forward_passes_run_while_a_model_is_traced():
+    """fx replaces nn.Module.__call__ for the whole process while it traces; a pass of
+    another model in another thread (another browser session) must run as usual."""
+    import threading
+
+    other = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2)).eval()
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        want = other(x)
+    seen = []
+
+    class Meanwhile(nn.Module):  # a container, so fx traces into it: the patch is active here
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, t):
+            def run():
+                with torch.no_grad():
+                    seen.append(other(x))
+            worker = threading.Thread(target=run)
+            worker.start()
+            worker.join()
+            return self.conv(t)
+
+    fs = _field_of(nn.Sequential(Meanwhile(), nn.Conv2d(4, 4, 3)), "1")
+    assert fs.size == (5, 5)
+    assert len(seen) == 1 and torch.equal(seen[0], want)
+
+
 # ---------------------------------------------------------------- the independent check
 
 class Same(nn.Module):
