@@ -6,7 +6,9 @@ that gradient steps favour smooth, natural-looking structure, in a decorrelated 
 space; every step draws a random jitter, scale and rotation (one affine resample) so the
 result must survive small shifts; Adam climbs the objective. Objectives: a channel's
 mean over space, the channel's centre neuron, or a class logit. Layer outputs come from
-`hooks.Recorder` (live tensors), under the model's lock.
+`hooks.Recorder` (live tensors). A run takes 10-30 s and patches modules, so it works on
+`Model.private_copy()` (own modules, shared weights): other sessions using the same
+model are not kept waiting.
 
 Same seed, same settings: the same image, bit for bit, on CPU (all randomness comes
 from one seeded `torch.Generator`). Finished results are kept in memory (bounded) and on
@@ -264,28 +266,9 @@ def _subclass(base: type, redirect: dict | None, stop) -> type:
     return type(base.__name__, (base,), ns)
 
 
-@contextlib.contextmanager
-def _frozen(model: Model):
-    """Eval mode and no weight gradients while optimizing; both restored after."""
-    net = model.net
-    with model.lock:
-        training = net.training
-        grads = [p.requires_grad for p in net.parameters()]
-        try:
-            net.eval()
-            for p in net.parameters():
-                p.requires_grad_(False)
-            yield
-        finally:
-            net.train(training)
-            for p, g in zip(net.parameters(), grads):
-                p.requires_grad_(g)
-
-
 def measure(model: Model, spec: Spec, pixels: torch.Tensor) -> np.ndarray:
     """The objective on plain [B, 3, H, W] pixel images (no augmentation), float64 [B]."""
-    with _frozen(model), Recorder(model, [spec.layer] if spec.layer else [], detach=False) as rec, \
-            torch.no_grad():
+    with Recorder(model, [spec.layer] if spec.layer else [], detach=False) as rec, torch.no_grad():
         logits = model.pixel_net(pixels)
         return _objective(spec, rec, logits).double().numpy()
 
@@ -308,9 +291,11 @@ def optimize(model: Model, spec: Spec, progress: Progress | None = None, preview
     curve: list[float] = []
     stopped = False
     redirect = {"on": False}
-    with _frozen(model), Recorder(model, [spec.layer] if spec.layer else [], detach=False) as rec, \
+    model = model.private_copy()
+    with Recorder(model, [spec.layer] if spec.layer else [], detach=False) as rec, \
             _patched(model, redirect, spec.layer, rec):
-        start = float(_objective(spec, rec, _forward(model, _pixels(coeffs, scale).detach()))[0])
+        with torch.no_grad():
+            start = float(_objective(spec, rec, _forward(model, _pixels(coeffs, scale)))[0])
         t0 = time.perf_counter()
         # A unit that the grey-ish start image leaves clamped gets no gradient: redirect
         # the ReLUs' gradients for the first steps, and on while the objective has not
@@ -322,8 +307,7 @@ def optimize(model: Model, spec: Spec, progress: Progress | None = None, preview
             rec.reset()
             img = _pixels(coeffs, scale)
             obj = _objective(spec, rec, _forward(model, _augment(img, gen)))[0]
-            opt.zero_grad(set_to_none=True)
-            (-obj).backward()
+            coeffs.grad, = torch.autograd.grad(-obj, coeffs)  # never into the (shared) weights
             opt.step()
             curve.append(float(obj.detach()))
             if progress is not None:

@@ -7,6 +7,7 @@ Model ids: ``efficientnet_lite0`` (bundled, offline), ``torchvision:<name>``
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import io
@@ -16,7 +17,7 @@ import threading
 import urllib.error
 import urllib.request
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
@@ -105,6 +106,18 @@ class Model:
     def pixel_net(self) -> nn.Module:
         """The network taking [0, 1] pixels (attacks and feature visualization)."""
         return nn.Sequential(T.Normalize(list(self.mean), list(self.std)), self.net).eval()
+
+    def private_copy(self) -> Model:
+        """This network over the same weight tensors, with its own modules and lock: for
+        jobs that patch or hook modules for long (feature visualization) or swap weights
+        (the randomization check) without making other sessions wait on `lock`. Swap a
+        parameter for a new one, never write into it: the tensors are shared."""
+        with self.lock:  # no session's hooks are on the modules while they are copied
+            net = module_copy(self.net)
+        twin = replace(self, net=net, lock=threading.RLock(), mutated_layers=set(self.mutated_layers))
+        if "layers" in self.__dict__:  # same names and shapes: no probe pass again
+            twin.__dict__["layers"] = self.layers
+        return twin
 
     @cached_property
     def fast_net(self) -> nn.Module:
@@ -412,6 +425,11 @@ def first_mismatch(expected: dict, got: dict) -> str | None:
 
 
 # ---------------------------------------------------------------- common
+
+def module_copy(net: nn.Module) -> nn.Module:
+    """New modules (their own hooks, classes and train/eval flags) over the same tensors."""
+    return copy.deepcopy(net, {id(t): t for t in (*net.parameters(), *net.buffers())})
+
 
 def _finish(model: Model) -> Model:
     net = model.net.eval()

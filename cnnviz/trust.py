@@ -10,8 +10,6 @@
 """
 from __future__ import annotations
 
-import copy
-from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -59,11 +57,15 @@ def randomization_blocks(model: Model) -> list[str]:
 
 
 def _randomize(net: nn.Module, names: list[str], gen: torch.Generator) -> None:
-    mods = dict(net.named_modules())
+    """New random parameters (same shape and spread) for the named modules. New tensors
+    in place of the old: the copy shares its tensors with the model every session uses."""
     for name in names:
-        for p in mods[name].parameters():
+        mod = net.get_submodule(name)
+        for path, p in list(mod.named_parameters()):
+            owner, _, leaf = path.rpartition(".")
             std = float(p.std()) if p.numel() > 1 else 1.0
-            p.data = torch.randn(p.shape, generator=gen) * (std or 1.0)
+            new = torch.randn(p.shape, generator=gen) * (std or 1.0)
+            setattr(mod.get_submodule(owner) if owner else mod, leaf, nn.Parameter(new, p.requires_grad))
 
 
 def randomization_check(model: Model, image: Image.Image, methods: list[str], target: int, steps: int = 6,
@@ -74,10 +76,8 @@ def randomization_check(model: Model, image: Image.Image, methods: list[str], ta
     cuts = sorted(set(int(round(k)) for k in np.linspace(0, len(blocks), steps + 1)))
     x = model.to_pixels(image)
     originals = {m: attribute(model, x, m, target).map for m in methods}
-    net = copy.deepcopy(model.net)
-    shadow = replace(model, net=net, lock=type(model.lock)(), mutated_layers=set(model.mutated_layers))
-    shadow.__dict__.pop("pixel_net", None)
-    shadow.__dict__.pop("layer_modules", None)
+    shadow = model.private_copy()
+    net = shadow.net
     gen = torch.Generator().manual_seed(seed)
     result = {"steps": [], "correlation": {m: [] for m in methods}, "blocks": blocks}
     done = 0

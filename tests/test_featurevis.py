@@ -79,8 +79,31 @@ def test_model_state_restored_also_on_error(bundled):
     try:
         FV.optimize(bundled, spec(steps=1))
         assert p.requires_grad and not any(q.requires_grad for q in list(bundled.net.parameters())[1:])
+        assert p.grad is None  # the weights are shared with every session: no gradient lands there
     finally:
         p.requires_grad_(False)
+
+
+def test_other_sessions_are_not_kept_waiting(bundled, samples):
+    """A run lasts 10-30 s in the app: another session's prediction on the same model
+    finishes while it is still going (it used to wait on the model's lock)."""
+    import threading
+
+    from cnnviz.predict import predict
+
+    image, answers = load_image(samples["cat"]), []
+    want = predict(bundled, image, 1)[0].index
+
+    def progress(step, steps, preview):
+        if step == 1:  # mid-run: another session asks for a prediction
+            other = threading.Thread(target=lambda: answers.append(predict(bundled, image, 1)[0].index))
+            other.start()
+            other.join(timeout=60)
+            answers.append("waited" if other.is_alive() else "done")
+        return False
+
+    r = FV.optimize(bundled, spec(steps=3), progress)
+    assert answers == [want, "done"] and r.steps_done == 3
 
 
 def test_progress_previews_and_stop(bundled):

@@ -239,3 +239,15 @@ def test_labels_file_must_match_class_count():
     assert models.read_labels(b"\xef\xbb\xbfcat\n\ndog\r\n") == ["cat", "dog"]
     with pytest.raises(ModelError):
         models.read_labels(b"\xff\xfe\x00")
+
+
+def test_private_copy_shares_weights_not_modules(bundled):
+    twin = bundled.private_copy()
+    assert twin.net is not bundled.net and twin.lock is not bundled.lock and twin.id == bundled.id
+    assert all(a is b for a, b in zip(bundled.net.parameters(), twin.net.parameters()))
+    assert twin.layers == bundled.layers and twin.layer_modules.keys() == bundled.layer_modules.keys()
+    fired = []
+    twin.layer_modules["_conv_stem"].register_forward_hook(lambda *a: fired.append(1))
+    with torch.no_grad():
+        x = torch.rand(1, 3, 32, 32)
+        assert torch.equal(bundled.pixel_net(x), twin.pixel_net(x)) and fired == [1]  # the original: no hook
