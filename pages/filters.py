@@ -189,7 +189,8 @@ def unit_view() -> dict:
         if result is not None:
             slot.image(result.image, width="stretch",
                        caption=f"{spec.steps} steps at {spec.size}x{spec.size}, seed {spec.seed}"
-                       + (f" (from the {result.cached} cache)" if result.cached else ""))
+                       + (f", rendered in {result.seconds:.1f} s" if ss.get("fv_rendered") == spec.key(model.id)
+                          else f" (from the {result.cached} cache)" if result.cached else ""))
             m1, m2, m3 = st.columns(3)
             m1.metric("start", f"{result.activation_start:.3g}")
             m2.metric("end", f"{result.activation_end:.3g}", f"{result.activation_end - nat_max:+.3g} vs best photo")
@@ -216,6 +217,7 @@ def unit_view() -> dict:
 
                 FV.visualize(model, spec, progress)
                 ss.pop("fv_partial", None)
+                ss["fv_rendered"] = spec.key(model.id)  # the rerun reads it back from the cache: say it is new
                 st.rerun()
     out = {"view": "unit", "objective": spec.objective, "channel": str(spec.channel), "size": str(spec.size),
            "steps": str(spec.steps), "lr": str(spec.lr), "seed": str(spec.seed)}

@@ -69,6 +69,7 @@ def test_unit_from_the_url_render_cache_and_evidence(cache_dir, bundled):
     assert len(list(cache_dir.glob("*.npz"))) == 1
     result = FV.cached(bundled, FV.Spec("_blocks.3._swish#1", 5, size=32, steps=8, seed=2))
     assert at.main.metric[1].value == f"{result.activation_end:.3g}"
+    assert any(", rendered in " in c and "cache" not in c for c in image_captions(at))  # just made, not "cached"
     assert qp(at, "layer") == "_blocks.3._swish#1" and qp(at, "steps") == "8" and qp(at, "seed") == "2"
     # A new session finds it in the cache: no button, the result straight away.
     again = open_page(view="unit", layer="_blocks.3._swish#1", channel="5", size="32", steps="8", seed="2")
