@@ -67,8 +67,6 @@ def fast_copy(net: nn.Module, probe: torch.Tensor) -> nn.Module:
     convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
     for m in convs:  # new tensors: the original's weights keep their layout
         m.weight = nn.Parameter(m.weight.detach().contiguous(memory_format=torch.channels_last), requires_grad=False)
-        if m.bias is not None:
-            m.bias.requires_grad_(False)
     if not convs:
         return net
     with torch.no_grad():
