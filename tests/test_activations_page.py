@@ -6,15 +6,13 @@ from streamlit.testing.v1 import AppTest
 from cnnviz import activations as A
 from cnnviz.images import load_image
 
+from .apptest import open_page
 from .conftest import ROOT
 
 
 @pytest.fixture
 def page():
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
-    at.switch_page("pages/activations.py").run()
-    assert not at.exception, at.exception
-    return at
+    return open_page("activations.py", 180)
 
 
 def channel_title(at) -> str:

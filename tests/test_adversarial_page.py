@@ -7,20 +7,12 @@ from streamlit.testing.v1 import AppTest
 
 from cnnviz import adversarial as A
 
-from .conftest import ROOT
+from . import apptest
+from .apptest import qp
 
 
 def open_page(**params) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-    at.query_params.update({"sample": "cat", **params})
-    at.switch_page("pages/adversarial.py").run()
-    assert not at.exception, at.exception
-    return at
-
-
-def qp(at, name):
-    v = at.query_params.get(name)
-    return v[0] if isinstance(v, list) else v
+    return apptest.open_page("adversarial.py", **{"sample": "cat", **params})
 
 
 def captions(at) -> list[str]:

@@ -1,29 +1,18 @@
 """The Filters page in AppTest: weights of each kind, a unit rendered and cached, the
 natural evidence, the gallery, URL state both ways."""
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from cnnviz import featurevis as FV
 
-from .conftest import ROOT
+from . import apptest
+from .apptest import qp
 
 
 pytestmark = pytest.mark.usefixtures("cache_dir")  # a private feature-visualization cache
 
 
 def open_page(**params):
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-    for k, v in params.items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page("pages/filters.py").run()
-    assert not at.exception, at.exception
-    return at
-
-
-def qp(at, key):
-    v = at.query_params[key]
-    return v[0] if isinstance(v, list) else v
+    return apptest.open_page("filters.py", **params)
 
 
 def image_captions(at) -> list[str]:

@@ -7,24 +7,16 @@ from streamlit.testing.v1 import AppTest
 from cnnviz import limits as L
 from cnnviz.app import cache
 
-from .conftest import ROOT
+from . import apptest
+from .apptest import qp
 
 
 def open_page(**params) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-    at.query_params.update({"sample": "cat", **params})
-    at.switch_page("pages/limits.py").run()
-    assert not at.exception, at.exception
-    return at
+    return apptest.open_page("limits.py", **{"sample": "cat", **params})
 
 
 def chart(at, key="lim_chart") -> dict:
     return json.loads(next(c.proto.spec for c in at.get("plotly_chart") if c.proto.id.endswith(key) or key in c.proto.id))
-
-
-def qp(at, name):
-    v = at.query_params.get(name)
-    return v[0] if isinstance(v, list) else v
 
 
 def strip_captions(at) -> list[str]:

@@ -1,22 +1,17 @@
 """The Receptive fields page in AppTest: unit clicks, numbers from the backend, URL state, averaging."""
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from cnnviz import receptive as R
 from cnnviz.images import load_image
 
-from .conftest import ROOT
+from .apptest import open_page
 
 LAYER = "_blocks.8._project_conv"
 
 
 @pytest.fixture
 def page():
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-    at.query_params.update({"layer": LAYER, "y": "0", "x": "13"})
-    at.switch_page("pages/receptive_fields.py").run()
-    assert not at.exception, at.exception
-    return at
+    return open_page("receptive_fields.py", 180, layer=LAYER, y="0", x="13")
 
 
 def metrics(at) -> dict:

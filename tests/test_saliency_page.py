@@ -7,15 +7,13 @@ from cnnviz import saliency as S
 from cnnviz.images import load_image
 from cnnviz.predict import predict
 
+from .apptest import open_page
 from .conftest import ROOT
 
 
 @pytest.fixture
 def page():
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300).run()
-    at.switch_page("pages/saliency.py").run()
-    assert not at.exception, at.exception
-    return at
+    return open_page("saliency.py")
 
 
 def caption(at) -> str:
