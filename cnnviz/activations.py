@@ -5,27 +5,26 @@ page, the CLI and the tests all read the same numbers from here.
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from .contract import NotFound
 from .hooks import record
-from .models import Model
+from .model import Model
 
 SORTS = ("mean", "max", "sparsity")
 GAP_RGB = (31, 78, 121)
 
 
-class LayerNotFound(ValueError):
+class LayerNotFound(NotFound):
     """A layer name the model does not have (or without a spatial output)."""
 
-    def __init__(self, layer: str, candidates: list[str]):
-        self.layer, self.candidates = layer, candidates
-        hint = f" Closest: {', '.join(candidates)}." if candidates else ""
-        super().__init__(f"No layer {layer!r} with a spatial output.{hint} "
-                         "List them with `python -m cnnviz layers`.")
+    def __init__(self, layer: str, known: list[str], fallback: bool = False):
+        self.layer = layer
+        super().__init__("layer", layer, known, "List them with `python -m cnnviz layers`.",
+                         where="with a spatial output", fallback=fallback)
 
 
 def spatial_layers(model: Model) -> list[str]:
@@ -36,7 +35,7 @@ def spatial_layers(model: Model) -> list[str]:
 def check_layer(model: Model, layer: str) -> str:
     names = spatial_layers(model)
     if layer not in names:
-        raise LayerNotFound(layer, difflib.get_close_matches(layer, names, n=5, cutoff=0.4))
+        raise LayerNotFound(layer, names)
     return layer
 
 

@@ -31,7 +31,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .models import Model
+from .contract import CnnvizError
+from .model import Model
 
 METHODS = ("fgsm", "pgd")
 MAX_EPS = 255.0
@@ -43,7 +44,7 @@ Progress = Callable[[float, str], None]
 warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
 
 
-class AttackError(ValueError):
+class AttackError(CnnvizError):
     """Attack parameters that cannot work (the message says which and what instead)."""
 
 

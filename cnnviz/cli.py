@@ -10,31 +10,18 @@ import json
 import sys
 import time
 
-from . import models
-from .activations import LayerNotFound
-from .adversarial import AttackError
-from .featurevis import FeatureVisError
-from .filters import FilterError
-from .images import ImageError, load_image
-from .limits import LimitsError
-from .models import ModelError
-from .predict import UnknownClass
-from .receptive import RFError
-from .saliency import SaliencyError
+from . import jobs, models
+from .contract import CnnvizError, Progress
+from .images import load_image
 
 
-class UsageError(Exception):
-    pass
-
-
-# The user's mistake (exit 2, one line), as opposed to a bug (exit 1).
-BAD_INPUT = (UsageError, ImageError, ModelError, LayerNotFound, UnknownClass, SaliencyError, RFError,
-             FeatureVisError, FilterError, LimitsError, AttackError)
+class UsageError(CnnvizError):
+    """A command line that does not parse."""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, instead of argparse's usage block
-        raise UsageError(f"{message} (see `python -m cnnviz {self.prog.split()[-1]} --help`)")
+        raise UsageError(f"{message} (see `python -m {' '.join(['cnnviz', *self.prog.split()[1:]])} --help`)")
 
 
 def _timed(fn):
@@ -45,15 +32,20 @@ def _timed(fn):
     return out, time.perf_counter() - t
 
 
+def _run(model, image, spec, warmup=None):
+    """`spec` through the job runner, as the pages run it: once to warm up (`warmup`, a
+    cheaper spec, when given), then for real; the result's `seconds` is that run's compute."""
+    jobs.run(model, image, warmup or spec)
+    return jobs.run(model, image, spec, progress=_stderr_progress)
+
+
 def cmd_predict(args) -> dict:
-    from .predict import predict
+    from .predict import PredictSpec
 
     image = load_image(args.image)
-    if args.topk < 1:
-        raise UsageError("--topk must be at least 1")
+    spec = PredictSpec(args.topk).check(None)
     model = models.load(args.model, progress=_stderr_progress)
-    top, seconds = _timed(lambda: predict(model, image, args.topk))
-    return {"model": model.id, "image": args.image, "top": [t.to_dict() for t in top], "seconds": seconds}
+    return {**_run(model, image, spec).to_dict(), "image": args.image}
 
 
 def cmd_activations(args) -> dict:
@@ -242,10 +234,8 @@ def cmd_models(args) -> dict:
 
 
 def cmd_layers(args) -> dict:
-    from .hooks import probe_layers
-
     model = models.load(args.model, progress=_stderr_progress)
-    layers, seconds = _timed(lambda: probe_layers(model))
+    layers, seconds = _timed(model.probe_layers)
     return {
         "model": model.id, "input_size": list(model.input_size),
         "layers": [{"name": l.name, "type": l.type, "shape": list(l.shape), "params": l.params} for l in layers],
@@ -260,9 +250,12 @@ def cmd_download(args) -> dict:
     return {"model": model.id, "available": models.is_available(model.id)}
 
 
-def _stderr_progress(done: int, total: int) -> None:
-    pct = f"{100 * done / total:5.1f}%" if total else f"{done / 2**20:.0f} MB"
-    print(f"\rdownloading weights: {pct}", end="\n" if total and done >= total else "", file=sys.stderr)
+def _stderr_report(fraction: float, text: str, _preview) -> None:
+    if sys.stderr.isatty():
+        print(f"\r{fraction:6.1%} {text}", end="\n" if fraction >= 1 else "", file=sys.stderr)
+
+
+_stderr_progress = Progress(_stderr_report)
 
 
 def _print_human(cmd: str, out: dict) -> None:
@@ -324,6 +317,12 @@ def _print_human(cmd: str, out: dict) -> None:
               f"linf {out['linf']:g}/255, l2 {out['l2']:.3f}{png}")
     else:
         print(json.dumps(out))
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -410,10 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # One user per process: a long job may take every core (the app leaves one to others).
+    jobs.RUNNER = jobs.Runner(heavy_threads=torch_threads())
     try:
         args = build_parser().parse_args(argv)
         out = args.fn(args)
-    except BAD_INPUT as e:
+    except CnnvizError as e:  # the user's mistake (exit 2, one line), as opposed to a bug (exit 1)
         print(f"cnnviz: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

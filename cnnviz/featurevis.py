@@ -41,9 +41,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .contract import CnnvizError
 from .activations import check_layer
 from .hooks import Recorder, record
-from .models import Model
+from .model import Model
 
 OBJECTIVES = ("channel", "neuron", "class")
 # Bump when the algorithm changes, so old disk-cache entries are not reused.
@@ -66,7 +67,7 @@ _COLOUR = COLOUR_SQRT / COLOUR_SQRT.norm(dim=0).max()
 Progress = Callable[[int, int, "np.ndarray | None"], "bool | None"]
 
 
-class FeatureVisError(ValueError):
+class FeatureVisError(CnnvizError):
     """Settings or a unit that cannot be visualized (the message says what to change)."""
 
 

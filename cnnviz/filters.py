@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+from .contract import CnnvizError
 from .activations import GAP_RGB, Grid, mosaic
-from .models import Model
+from .model import Model
 
 
-class FilterError(ValueError):
+class FilterError(CnnvizError):
     """A layer without convolution weights (the message names what to pick instead)."""
 
 

@@ -14,11 +14,12 @@ the original is returned.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .models import module_copy
 
 
 def conv_bn_pairs(net: nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]:
@@ -60,7 +61,8 @@ def fast_copy(net: nn.Module, probe: torch.Tensor) -> nn.Module:
     weights channels-last; `net` itself when nothing changes or the outputs differ.
     The caller holds whatever lock guards `net`'s hooks (the probe pass adds some)."""
     pairs = conv_bn_pairs(net, probe)
-    fast = module_copy(net)
+    # New modules over the same tensors (the folds below swap modules, never write tensors).
+    fast = copy.deepcopy(net, {id(t): t for t in (*net.parameters(), *net.buffers())})
     for conv, bn in pairs:
         _replace(fast, conv, fuse_conv_bn_eval(fast.get_submodule(conv), fast.get_submodule(bn)))
         _replace(fast, bn, nn.Identity())

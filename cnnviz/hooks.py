@@ -2,16 +2,16 @@
 
 `Recorder` records the output of every call of the chosen layers. A module that runs
 several times in one pass (EfficientNet-Lite's shared ReLU6) yields `name`,
-`name#1`, `name#2`, ... in call order. Handles are removed on exit, also on error,
-and the model's lock is held meanwhile, so concurrent sessions never mix.
+`name#1`, `name#2`, ... in call order. Handles are removed on exit, also on error.
+The caller holds the model's lock (the job runner does), so concurrent sessions never
+mix. This module imports no other part of cnnviz: `Model` is taken by its attributes.
 """
 from __future__ import annotations
 
 import contextlib
+
 import torch
 from torch import nn
-
-from .models import LayerInfo, Model
 
 # Modules that are the identity in eval mode: listing them would only add noise.
 _SKIP = (nn.Identity, nn.modules.dropout._DropoutNd)
@@ -56,10 +56,12 @@ class Recorder(contextlib.AbstractContextManager):
     After the block, `outputs` maps call names, in execution order, to tensors.
     """
 
-    def __init__(self, model: Model | nn.Module, layers=None, *, detach: bool = True):
-        self.net = model.net if isinstance(model, Model) else model
-        self._lock = model.lock if isinstance(model, Model) else contextlib.nullcontext()
-        modules = model.layer_modules if isinstance(model, Model) else layer_modules(self.net)
+    def __init__(self, model, layers=None, *, detach: bool = True):
+        """`model`: a `cnnviz.model.Model` or a bare `nn.Module`."""
+        is_module = isinstance(model, nn.Module)
+        self.net = model if is_module else model.net
+        self._lock = contextlib.nullcontext() if is_module else model.lock
+        modules = layer_modules(self.net) if is_module else model.layer_modules
         if layers is None:
             self._wanted = {n: None for n in modules}
         else:
@@ -75,7 +77,7 @@ class Recorder(contextlib.AbstractContextManager):
             modules = {n: all_named[n] for n in self._wanted}
         self._modules = modules
         self.detach = detach
-        self.copy: set[str] = model.mutated_layers if isinstance(model, Model) else set()
+        self.copy: set[str] = set() if is_module else model.mutated_layers
         self.outputs: dict[str, torch.Tensor] = {}
         self._versions: dict[str, int] = {}
         self._calls: dict[str, int] = {}
@@ -131,7 +133,7 @@ class Recorder(contextlib.AbstractContextManager):
         return hook
 
 
-def record(model: Model, x: torch.Tensor, layers=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def record(model, x: torch.Tensor, layers=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One forward pass of `model.net` on `x`; returns (logits, {call name: output})."""
     with Recorder(model, layers) as rec, torch.no_grad():
         logits = model.net(x)
@@ -143,26 +145,11 @@ def record(model: Model, x: torch.Tensor, layers=None) -> tuple[torch.Tensor, di
     return logits, rec.outputs
 
 
-def probe_layers(model: Model) -> list[LayerInfo]:
-    """Every recorded call of every inspectable layer, for the model's input size."""
-    modules = model.layer_modules
-    x = torch.zeros(1, 3, *model.input_size)
-    _, outs = record(model, x)
-    infos = []
-    for name, out in outs.items():
-        m = modules[split_call(name)[0]]
-        infos.append(LayerInfo(
-            name=name, type=type(m).__name__, shape=tuple(out.shape[1:]),
-            params=sum(p.numel() for p in m.parameters()),
-        ))
-    return infos
-
-
 _ACTIVATIONS = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "silu", "gelu", "hardswish", "leaky_relu",
                 "elu", "mish", "sigmoid", "tanh"}
 
 
-def unguided_activations(model: Model) -> list[str]:
+def unguided_activations(model) -> list[str]:
     """Activation functions applied outside an nn.ReLU module in one forward pass
     (ReLU6/SiLU modules, or F.relu inside another module's forward, as in DenseNet).
     Guided Backprop only modifies nn.ReLU modules, so these would pass plain gradients."""
@@ -185,7 +172,7 @@ def unguided_activations(model: Model) -> list[str]:
         depth[0] -= 1
 
     handles = []
-    with model.lock:
+    with model.lock:  # re-entrant: the runner holds it already
         try:
             for m in model.net.modules():
                 if type(m) is nn.ReLU:

@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .contract import CnnvizError
+
 MAX_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # ~6300 x 6300; far above what a 224-pixel CNN needs
 FORMATS = ("PNG", "JPEG", "MPO", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO")
 
 
-class ImageError(ValueError):
+class ImageError(CnnvizError):
     """An image could not be used; the message is meant for the user."""
 
 

@@ -26,14 +26,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from .models import Model
+from .contract import CnnvizError
+from .model import Model
 from .predict import Top
 
 GREY = 0.5  # fill for padding and occluding patches: the middle of the pixel range
 MAX_POINTS = 400
 
 
-class LimitsError(ValueError):
+class LimitsError(CnnvizError):
     """A transform or value that cannot be used (the message says which and why)."""
 
 

@@ -1,4 +1,5 @@
 """The one place that loads models: bundled, torchvision zoo, user checkpoints.
+(The `Model` type itself is in `cnnviz.model`.)
 
 Model ids: ``efficientnet_lite0`` (bundled, offline), ``torchvision:<name>``
 (pretrained, downloaded once into torch's hub cache), ``torchvision:<name>@random``
@@ -7,26 +8,23 @@ Model ids: ``efficientnet_lite0`` (bundled, offline), ``torchvision:<name>``
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import hashlib
 import io
 import os
 import tempfile
-import threading
 import urllib.error
 import urllib.request
 import warnings
-from dataclasses import dataclass, field, replace
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torchvision
-from PIL import Image
 from torch import nn
-from torchvision.transforms import v2 as T
+
+from .contract import CnnvizError, Progress
+from .model import LayerInfo, Model, finish  # noqa: F401  (LayerInfo: re-exported for callers)
 
 BUNDLED_ID = "efficientnet_lite0"
 # The zoo offered in the picker; the CLI accepts any torchvision classification model.
@@ -40,119 +38,14 @@ _ARCH_KWARGS = {
     "googlenet": {"aux_logits": False, "init_weights": True},
     "inception_v3": {"aux_logits": False, "init_weights": True},
 }
-Progress = Callable[[int, int], None]  # (bytes done, bytes total or 0)
 
 
-class ModelError(ValueError):
+class ModelError(CnnvizError):
     """Bad model input (unknown id, unusable checkpoint); the message is for the user."""
 
 
 class ModelUnavailable(ModelError):
     """Weights are neither cached nor downloadable right now (offline)."""
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    name: str  # module path, with "#k" for the k-th extra call of a shared module
-    type: str  # the module's class name
-    shape: tuple[int, ...]  # output shape without the batch dimension
-    params: int
-
-
-@dataclass(eq=False)
-class Model:
-    id: str
-    net: nn.Module
-    categories: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    input_size: tuple[int, int]
-    resize_size: int
-    interpolation: T.InterpolationMode = T.InterpolationMode.BILINEAR
-    source: str = "bundled"
-    label: str = ""
-    # Streamlit serves every browser session from one cached Model in its own thread;
-    # hooks on shared modules see every thread's pass, so all use of `net` holds this.
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-    # Layer calls whose output a later op changes in place (ResNet's `out += identity`):
-    # the recorder copies only these. Found by the recorder itself on first use.
-    mutated_layers: set[str] = field(default_factory=set, repr=False)
-
-    def to_pixels(self, image: Image.Image) -> torch.Tensor:
-        """Resize and centre-crop to the model's input: [1, 3, H, W] in [0, 1]. An image
-        already at the input size goes in untouched (a saved adversarial image, a crop
-        the user made for this model): resizing it would zoom it and blur its pixels."""
-        fit = [] if image.size == self.input_size[::-1] else [
-            T.Resize(self.resize_size, interpolation=self.interpolation, antialias=True),
-            T.CenterCrop(self.input_size)]
-        tf = T.Compose([*fit, T.ToImage(), T.ToDtype(torch.float32, scale=True)])
-        return tf(image.convert("RGB")).unsqueeze(0)
-
-    def input_image(self, image: Image.Image) -> Image.Image:
-        """The resized, cropped picture the network actually sees (for overlays)."""
-        arr = (self.to_pixels(image)[0].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255)
-        return Image.fromarray(arr.astype("uint8"))
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mean) / std
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """PIL image -> normalized model input [1, 3, H, W]."""
-        return self.normalize(self.to_pixels(image))
-
-    @cached_property
-    def pixel_net(self) -> nn.Module:
-        """The network taking [0, 1] pixels (attacks and feature visualization)."""
-        return nn.Sequential(T.Normalize(list(self.mean), list(self.std)), self.net).eval()
-
-    def private_copy(self) -> Model:
-        """This network over the same weight tensors, with its own modules and lock: for
-        jobs that patch or hook modules for long (feature visualization) or swap weights
-        (the randomization check) without making other sessions wait on `lock`. Swap a
-        parameter for a new one, never write into it: the tensors are shared."""
-        with self.lock:  # no session's hooks are on the modules while they are copied
-            net = module_copy(self.net)
-        twin = replace(self, net=net, lock=threading.RLock(), mutated_layers=set(self.mutated_layers))
-        if "layers" in self.__dict__:  # same names and shapes: no probe pass again
-            twin.__dict__["layers"] = self.layers
-        return twin
-
-    @cached_property
-    def fast_net(self) -> nn.Module:
-        """`pixel_net` with BatchNorms folded into their convolutions (see `fold`): the
-        same function to float rounding, faster per gradient step; for many-step loops
-        whose every number need not match `pixel_net` to the last bit (PGD's steps)."""
-        from .fold import fast_copy
-
-        probe = torch.rand(1, 3, *self.input_size, generator=torch.Generator().manual_seed(0))
-        with self.lock:  # the probe pass hooks the shared modules
-            return fast_copy(self.pixel_net, probe)
-
-    @cached_property
-    def layers(self) -> list[LayerInfo]:
-        """Inspectable layers in execution order, one entry per call."""
-        from .hooks import probe_layers  # hooks imports this module
-
-        return probe_layers(self)
-
-    @cached_property
-    def layer_modules(self) -> dict[str, nn.Module]:
-        """Inspectable modules by path (see hooks.layer_modules), found once."""
-        from .hooks import layer_modules
-
-        return layer_modules(self.net)
-
-    @cached_property
-    def params(self) -> int:
-        return sum(p.numel() for p in self.net.parameters())
-
-    @property
-    def gradcam_layer(self) -> str:
-        """The last layer with a spatial output (the usual Grad-CAM target)."""
-        spatial = [layer.name for layer in self.layers if len(layer.shape) == 3 and min(layer.shape[1:]) > 1]
-        return spatial[-1]
 
 
 # ---------------------------------------------------------------- registry
@@ -219,7 +112,7 @@ def _bundled() -> Model:
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
             image_size=None,
         )
-    return _finish(Model(
+    return finish(Model(
         id=BUNDLED_ID, net=net, categories=imagenet_categories(),
         # TF-Lite's EfficientNet-Lite was trained on (pixel - 127) / 128.
         mean=(127 / 255,) * 3, std=(128 / 255,) * 3, input_size=(224, 224), resize_size=256,
@@ -268,12 +161,16 @@ def _preset(weights) -> dict:
 def _torchvision(name: str, random: bool, progress: Progress | None) -> Model:
     weights = _weights(name)
     if random:
-        net = _build(name, weights=None)
+        # A fixed seed: every process builds the same "random" weights (reproducible
+        # CLI figures and tests); the global generator is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net = _build(name, weights=None)
     else:
         path = download_weights(weights, progress)
         net = _build(name, weights=None)
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return _finish(Model(
+    return finish(Model(
         id=f"torchvision:{name}" + ("@random" if random else ""), net=net,
         categories=list(weights.meta["categories"]), source="torchvision",
         label=_pretty(name) + (" (random init)" if random else ""), **_preset(weights),
@@ -311,7 +208,8 @@ def download_weights(weights, progress: Progress | None = None, timeout: float =
                 sha.update(chunk)
                 done += len(chunk)
                 if progress:
-                    progress(done, total)
+                    progress(done / total if total else 0.0,
+                             f"{done / 2**20:.0f} of {total / 2**20:.0f} MB" if total else f"{done / 2**20:.0f} MB")
         prefix = torch.hub.HASH_REGEX.search(name)
         if prefix and not sha.hexdigest().startswith(prefix.group(1)):
             raise ModelError(f"The download of {name} is corrupt (hash mismatch); try again.")
@@ -361,7 +259,7 @@ def load_checkpoint(arch: str, data: bytes, filename: str, labels: list[str] | N
     categories = labels or (list(weights.meta["categories"]) if num_classes == 1000
                             else [f"class {i}" for i in range(num_classes)])
     digest = hashlib.sha256(data).hexdigest()[:12]
-    return _finish(Model(
+    return finish(Model(
         id=f"checkpoint:{arch}:{digest}", net=net, categories=categories, source="checkpoint",
         label=f"{filename} ({_pretty(arch)}, {num_classes} classes)", **_preset(weights),
     ))
@@ -423,21 +321,3 @@ def first_mismatch(expected: dict, got: dict) -> str | None:
     extra = [k for k in got if k not in expected]
     return f"the key {extra[0]!r} is not part of the model" if extra else None
 
-
-# ---------------------------------------------------------------- common
-
-def module_copy(net: nn.Module) -> nn.Module:
-    """New modules (their own hooks, classes and train/eval flags) over the same tensors."""
-    return copy.deepcopy(net, {id(t): t for t in (*net.parameters(), *net.buffers())})
-
-
-def _finish(model: Model) -> Model:
-    net = model.net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    for m in net.modules():
-        # In-place activations overwrite the recorded output of the layer before them
-        # and break tensor gradient hooks; turning them off changes no number.
-        if isinstance(getattr(m, "inplace", None), bool):
-            m.inplace = False
-    return model

@@ -1,13 +1,18 @@
-"""Classify an image: probabilities and the top-k classes."""
+"""Classify an image: probabilities and the top-k classes.
+
+`classify` is the one forward pass that turns pixels into probabilities (float32
+network, float64 softmax), used by every analysis that reports a class.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .models import Model
+from .contract import CnnvizError, Progress, Result, Spec
+from .model import Model
 
 
 @dataclass(frozen=True)
@@ -20,12 +25,15 @@ class Top:
         return asdict(self)
 
 
-def probabilities(model: Model, image: Image.Image) -> np.ndarray:
+def classify(model: Model, x: torch.Tensor) -> np.ndarray:
+    """Softmax over the classes for pixels [N, 3, H, W] in [0, 1]: float64 [N, num_classes]."""
+    with torch.inference_mode():
+        return model.pixel_net(x).double().softmax(-1).numpy()
+
+
+def probabilities(model: Model, image: Image.Image | torch.Tensor) -> np.ndarray:
     """Softmax over the model's classes for one image, float64 [num_classes]."""
-    x = model.preprocess(image)
-    with model.lock, torch.inference_mode():
-        logits = model.net(x)
-    return logits.double().softmax(-1)[0].numpy()
+    return classify(model, model.to_pixels(image))[0]
 
 
 def top_k(model: Model, probs: np.ndarray, k: int = 5) -> list[Top]:
@@ -38,7 +46,29 @@ def predict(model: Model, image: Image.Image, k: int = 5) -> list[Top]:
     return top_k(model, probabilities(model, image), k)
 
 
-class UnknownClass(ValueError):
+@dataclass(frozen=True)
+class PredictSpec(Spec):
+    topk: int = 5
+
+    def check(self, model) -> "PredictSpec":
+        if self.topk < 1:
+            raise CnnvizError("--topk must be at least 1")
+        return self
+
+
+@dataclass
+class Prediction(Result):
+    top: list[Top]
+    probs: np.ndarray = field(repr=False)  # float64 [num_classes]; not in the JSON
+
+
+def run(model: Model, image, spec: PredictSpec = PredictSpec(), *, progress: Progress | None = None) -> Prediction:
+    spec = spec.check(model)
+    probs = probabilities(model, image)
+    return Prediction(top_k(model, probs, spec.topk), probs)
+
+
+class UnknownClass(CnnvizError):
     """A class given by index or name that the model does not have."""
 
 
@@ -54,8 +84,8 @@ def class_index(model: Model, value: str | int) -> int:
     lowered = [c.lower() for c in model.categories]
     if text.lower() in lowered:
         return lowered.index(text.lower())
-    import difflib
+    from .contract import closest
 
-    close = difflib.get_close_matches(text.lower(), lowered, n=5, cutoff=0.6)
+    close = closest(text.lower(), lowered, cutoff=0.6)
     hint = f" Did you mean: {', '.join(model.categories[lowered.index(c)] for c in close)}?" if close else ""
     raise UnknownClass(f"No class named {text!r}.{hint}")

@@ -24,14 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .contract import CnnvizError
 from .hooks import Recorder
-from .models import Model
+from .model import Model
 
 Box = tuple[int, int, int, int]
 Progress = Callable[[float], None]  # fraction done
 
 
-class RFError(ValueError):
+class RFError(CnnvizError):
     """Bad receptive-field input (unknown layer, unit outside the map); the message is for the user."""
 
 

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .contract import CnnvizError
 from .activations import LayerNotFound
 from .hooks import Recorder, unguided_activations
-from .models import Model
+from .model import Model
 
 CAM_METHODS = ("gradcam", "gradcampp", "scorecam")
 METHODS = ("gradcam", "gradcampp", "scorecam", "guided_gradcam", "gradients", "smoothgrad", "ig", "occlusion",
@@ -34,7 +35,7 @@ GUIDED = ("guided_backprop", "guided_gradcam")
 EPS = 1e-7
 
 
-class SaliencyError(ValueError):
+class SaliencyError(CnnvizError):
     """A method cannot be applied as asked (the message says why and what instead)."""
 
 
@@ -66,12 +67,10 @@ def cam_layers(model: Model) -> list[str]:
 
 
 def check_cam_layer(model: Model, layer: str | None) -> str:
-    import difflib
-
     names = cam_layers(model)
     layer = layer or model.gradcam_layer
     if layer not in names:
-        raise LayerNotFound(layer, difflib.get_close_matches(layer, names, n=5, cutoff=0.4) or names[-5:])
+        raise LayerNotFound(layer, names, fallback=True)
     return layer
 
 

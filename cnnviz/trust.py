@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .models import Model
+from .model import Model
 from .saliency import attribute
 
 Progress = Callable[[float, str], None]

@@ -8,6 +8,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from cnnviz import models
+from cnnviz.contract import Progress
 from cnnviz.images import load_image
 from cnnviz.predict import predict
 
@@ -191,12 +192,12 @@ def test_online_download_shows_progress_then_loads_from_cache(app, monkeypatch):
     seen = []
     real = models.download_weights
     monkeypatch.setattr(models, "download_weights",
-                        lambda w, progress=None, **k: real(w, lambda d, t: (seen.append((d, t)), progress(d, t)), **k))
+                        lambda w, progress=None, **k: real(w, Progress(lambda f, text, p: (seen.append(f), progress(f, text, p))), **k))
     try:
         app.sidebar.selectbox(key="model_id").set_value("torchvision:regnet_y_400mf").run()
         assert not app.exception and not app.sidebar.error
         assert requested == [weights.url]
-        assert seen and seen[-1] == (len(data), len(data))  # the sidebar's st.progress was fed
+        assert seen and seen[-1] == 1.0  # the sidebar's st.progress was fed
         assert app.sidebar.metric[0].label == "RegNetY-400MF says"
         assert models.weights_file(weights).read_bytes() == data
         app.run()  # a cache hit replays the cached loader's elements, progress bar included

@@ -12,6 +12,7 @@ from safetensors.torch import save as save_safetensors
 
 from cnnviz import models
 from cnnviz.images import load_image
+from cnnviz.contract import Progress
 from cnnviz.models import ModelError, ModelUnavailable
 from cnnviz.predict import predict, probabilities
 
@@ -150,9 +151,10 @@ def test_download_with_progress_into_the_hub_cache(file_server):
     name = f"tiny-{hashlib.sha256(data).hexdigest()[:8]}.pth"
     (folder / name).write_bytes(data)
     seen = []
-    path = models.download_weights(types.SimpleNamespace(url=f"{base}/{name}"), lambda d, t: seen.append((d, t)))
+    path = models.download_weights(types.SimpleNamespace(url=f"{base}/{name}"),
+                                   Progress(lambda f, text, _: seen.append((f, text))))
     assert path == hub_checkpoints() / name and path.read_bytes() == data
-    assert seen[-1] == (len(data), len(data)) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert seen[-1][0] == 1.0 and [f for f, _ in seen] == sorted(f for f, _ in seen) and "MB" in seen[-1][1]
     path.unlink()
 
 

@@ -1,36 +1,68 @@
-"""Cached loaders. Models and decoded images are shared read-only across sessions
-(`cache_resource`, bounded); small results are keyed by model id and image hash."""
+"""The one cache. Every analysis goes through `run` (small results, copied on read)
+or `run_shared` (large read-only results), keyed on the model's fingerprint (its
+weights, not just its id), the image's hash and the spec: no function here is keyed
+by hand. Models and decoded images are shared read-only across sessions
+(`cache_resource`, bounded)."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import io
 
-import numpy as np
 import streamlit as st
 from PIL import Image, ImageOps
 
-from cnnviz import models, predict
+from cnnviz import jobs, models
+from cnnviz.contract import Progress, Result, Spec
 from cnnviz.images import load_image
 
 
 @contextlib.contextmanager
-def progress_bar(text: str):
+def progress_bar(label: str = ""):
     """A progress bar for a cached function, made *inside* it: on a cache hit Streamlit
     replays the function's elements, and cannot replay one drawn into a block made
-    outside (CacheReplayClosureError). Yields `update(fraction)`; removed when done.
-    `text` may use {:.0%} for the fraction."""
+    outside (CacheReplayClosureError). Yields a `Progress` (the job's own text after
+    `label`); the bar is removed when done."""
     slot = st.empty()
+
+    def show(fraction: float, text: str, _preview) -> None:
+        slot.progress(fraction, text=" ".join(t for t in (label, text or f"{fraction:.0%}") if t))
+
     try:
-        yield lambda frac: slot.progress(min(max(frac, 0.0), 1.0), text=text.format(frac))
+        yield Progress(show)
     finally:
         slot.empty()
 
 
+def run(spec: Spec, model: models.Model, image: Image.Image | None = None, image_sha: str = "", *,
+        label: str = "") -> Result:
+    """`spec`'s analysis on `model` and `image` through the job runner, cached (a copy
+    per read); `label` heads the progress bar."""
+    return _run(spec.key(), model.fingerprint, image_sha, label, spec, model, image)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _run(spec_key: str, fingerprint: str, image_sha: str, label: str, _spec: Spec, _model, _image) -> Result:
+    with progress_bar(label) as progress:
+        return jobs.run(_model, _image, _spec, progress=progress)
+
+
+def run_shared(spec: Spec, model: models.Model, image: Image.Image | None = None, image_sha: str = "", *,
+               label: str = "") -> Result:
+    """As `run`, for large results every session reads without copying (treat as read-only)."""
+    return _run_shared(spec.key(), model.fingerprint, image_sha, label, spec, model, image)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _run_shared(spec_key: str, fingerprint: str, image_sha: str, label: str, _spec: Spec, _model, _image) -> Result:
+    with progress_bar(label) as progress:
+        return jobs.run(_model, _image, _spec, progress=progress)
+
+
 @st.cache_resource(max_entries=3, show_spinner=False)
 def model(model_id: str) -> models.Model:
-    with progress_bar("Downloading weights: {:.0%}") as update:
-        m = models.load(model_id, progress=lambda done, total: update(done / total if total else 0.0))
+    with progress_bar("Downloading weights:") as progress:
+        m = models.load(model_id, progress=progress)
     m.layers  # probe once here, not on a page's first render
     return m
 
@@ -38,11 +70,6 @@ def model(model_id: str) -> models.Model:
 @st.cache_resource(max_entries=16, show_spinner=False)
 def image(sha: str, _data: bytes, name: str) -> Image.Image:
     return load_image(_data, name)
-
-
-@st.cache_data(max_entries=256, show_spinner=False)
-def probabilities(model_id: str, sha: str, _model: models.Model, _image: Image.Image) -> np.ndarray:
-    return predict.probabilities(_model, _image)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

@@ -14,7 +14,7 @@ from PIL import Image
 from cnnviz import models
 from cnnviz.app import cache
 from cnnviz.images import ImageError
-from cnnviz.predict import Top, top_k
+from cnnviz.predict import PredictSpec, Top, top_k
 from cnnviz.samples import sample_paths
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp"]
@@ -43,7 +43,7 @@ def sidebar() -> Selection:
         _image_picker()
         img = ss["image"]
         image = cache.image(img["sha"], img["data"], img["name"])
-        probs = cache.probabilities(model.id, img["sha"], model, image)
+        probs = cache.run(PredictSpec(), model, image, img["sha"]).probs
         best = top_k(model, probs, 1)[0]
         st.subheader("Prediction")
         st.metric(f"{model.label} says", best.label, f"{best.prob:.1%} confident", delta_color="off")

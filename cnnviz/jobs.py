@@ -1,0 +1,129 @@
+"""The job runner: the one place that decides how an analysis runs.
+
+`run(model, image, spec, progress=None)` finds the analysis from the spec's module
+(`cnnviz.saliency.SaliencySpec` -> `cnnviz.saliency.run`) and runs it:
+
+- **Short jobs** (at most `SHORT_PASSES` passes: a prediction, a Grad-CAM, one
+  recording) run on the shared model under its lock. They are what every session
+  does on every click, and a few passes is what anyone waits behind.
+- **Heavy jobs** (more passes: Score-CAM, Integrated Gradients, SmoothGrad, occlusion,
+  PGD, sweeps, feature visualization, trust checks) run on `Model.private_copy()`:
+  their own modules and lock over the shared weights, so no other session waits for
+  them. At most `heavy_slots` run at once in the process (others queue, and see their
+  place in the queue through `progress`), each with `heavy_threads` torch threads, so
+  two jobs do not oversubscribe the cores and short jobs keep a core.
+
+The runner fills in the result's `model` and `seconds` (compute only, not queueing).
+A `Progress` that is stopped makes the job raise `Cancelled` within one batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+
+import torch
+
+from .contract import Progress, Result, Spec
+
+SHORT_PASSES = 4
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Torch's intra-op threads for the calling thread only (OpenMP keeps it per thread)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def analysis_of(spec: Spec):
+    """The module whose `run` takes this spec (the spec's own module)."""
+    module = sys.modules[type(spec).__module__]
+    if not hasattr(module, "run"):
+        raise TypeError(f"{type(spec).__name__} has no analysis: {module.__name__} defines no run()")
+    return module
+
+
+class Runner:
+    """Runs analyses for one process. `heavy_slots` jobs of many passes at once, each
+    with `heavy_threads` torch threads (defaults fit the machine's cores)."""
+
+    def __init__(self, heavy_slots: int | None = None, heavy_threads: int | None = None):
+        cores = os.cpu_count() or 1
+        self.heavy_slots = heavy_slots or max(1, cores // 4)
+        # Leave a core to the short jobs of every other session.
+        self.heavy_threads = heavy_threads or max(1, (cores - 1) // self.heavy_slots)
+        self._cond = threading.Condition()
+        self._running = 0
+        self._queue: list[object] = []
+
+    def is_heavy(self, model, spec: Spec) -> bool:
+        return spec.passes(model) > SHORT_PASSES
+
+    def run(self, model, image, spec: Spec, *, progress: Progress | None = None) -> Result:
+        progress = Progress.of(progress)
+        spec = spec.check(model)
+        analysis = analysis_of(spec)
+        if not self.is_heavy(model, spec):
+            with model.lock:
+                t = time.perf_counter()
+                result = analysis.run(model, image, spec, progress=progress)
+        else:
+            with self.slot(progress), torch_threads(self.heavy_threads):
+                twin = model.private_copy()
+                with twin.lock:
+                    t = time.perf_counter()
+                    result = analysis.run(twin, image, spec, progress=progress)
+        result.seconds = time.perf_counter() - t
+        result.model = model.id
+        return result
+
+    @contextlib.contextmanager
+    def slot(self, progress: Progress):
+        """One of the heavy slots, first come first served; while waiting, `progress`
+        says how many jobs are ahead (and a stop request leaves the queue)."""
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            told = None
+            try:
+                while self._running >= self.heavy_slots or self._queue[0] is not ticket:
+                    ahead = self._queue.index(ticket) + max(0, self._running - self.heavy_slots + 1)
+                    if ahead != told:
+                        told = ahead
+                        progress(0.0, f"Waiting for a free slot: {ahead} long job{'s' * (ahead != 1)} ahead")
+                    progress.check()
+                    self._cond.wait(timeout=0.25)
+            except BaseException:
+                self._queue.remove(ticket)
+                self._cond.notify_all()
+                raise
+            self._queue.pop(0)
+            self._running += 1
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+    @property
+    def busy(self) -> tuple[int, int]:
+        """(heavy jobs running, heavy jobs waiting)."""
+        with self._cond:
+            return self._running, len(self._queue)
+
+
+RUNNER = Runner()  # the process's runner: its slots are a budget every session shares
+
+
+def run(model, image, spec: Spec, *, progress: Progress | None = None) -> Result:
+    """Run `spec`'s analysis on `model` and `image` with the process's runner."""
+    return RUNNER.run(model, image, spec, progress=progress)
