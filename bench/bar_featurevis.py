@@ -45,9 +45,9 @@ def main() -> None:
     for layer, c in channels(model):
         if layer not in nat:
             nat[layer] = FV.natural(model, layer, images)
-        spec = FV.Spec(layer, c, "channel", args.size, args.steps)
-        _, nat_max = FV.natural_stats(model, spec, nat[layer])
-        r = FV.optimize(model, spec)
+        spec = FV.FeatureVisSpec(layer, c, "channel", args.size, args.steps, cache=False)
+        _, nat_max = nat[layer].stats(spec)
+        r = FV.run(model, None, spec)
         rows.append({"layer": layer, "channel": c, "activation_start": r.activation_start,
                      "activation_end": r.activation_end, "natural_max": nat_max,
                      "beats": r.activation_end > nat_max, "s_per_step": r.seconds / args.steps})

@@ -1,6 +1,6 @@
 """Adversarial attack benchmarks (issue #6), medians and ratios from one run.
 
-Speed: our PGD with N steps (the whole `adversarial.attack`: the first step, which
+Speed: our PGD with N steps (the whole `adversarial.run` of an `AttackSpec`: the first step, which
 also classifies the original, N-1 steps on the BatchNorm-folded copy `Model.fast_net`,
 the 8-bit projection and the final classification) against N bare forward+backward
 passes to the input of the same model and input, and against torchattacks' PGD (same
@@ -64,7 +64,8 @@ def pgd_rows(model_id: str, steps: int, repeats: int) -> list[dict]:
         with torch.no_grad():
             model.pixel_net(adv).softmax(-1)
 
-    t = interleaved({"bare": bare, "ours": lambda: A.attack(model, x, "pgd", eps, steps, alpha),
+    spec = A.AttackSpec("pgd", eps, steps, alpha)
+    t = interleaved({"bare": bare, "ours": lambda: A.run(model, x, spec),
                      "torchattacks": lambda: peer(x, label), "torchattacks+label+check": peer_whole,
                      "torchattacks on fast_net": lambda: peer_folded(x, label)},
                     repeats, warmup=1)
@@ -91,10 +92,10 @@ def sweep_rows(steps: int) -> list[dict]:
     for method, budgets in (("fgsm", range(1, 17)), ("pgd", range(1, 9))):
         t = time.perf_counter()
         for b in budgets:
-            A.attack(model, x, method, b, steps)
+            A.run(model, x, A.AttackSpec(method, b, steps))
         separate = time.perf_counter() - t
         t = time.perf_counter()
-        A.budget_sweep(model, x, method, budgets, steps)
+        A.run(model, x, A.BudgetSweepSpec(method, tuple(budgets), steps))
         swept = time.perf_counter() - t
         rows.append({"case": f"{method} sweep over {len(budgets)} budgets vs separate attacks",
                      "baseline_ms": separate * 1e3, "measured_ms": swept * 1e3, "ratio": swept / separate,
@@ -108,19 +109,18 @@ def bars(seed: int = 0) -> dict:
     per_image, t0 = [], time.perf_counter()
     for name, path in sample_paths().items():
         x = A.pixels(model, load_image(path))
-        pgd = A.attack(model, x, "pgd", 2, 10)
-        fgsm = A.attack(model, x, "fgsm", 2)
-        noise = A.noise(model, x, 2, seed)
+        pgd = A.run(model, x, A.AttackSpec("pgd", 2, 10))
+        fgsm = A.run(model, x, A.AttackSpec("fgsm", 2))
+        noise = A.run(model, x, A.NoiseSpec(2, seed))
         target = int(rng.integers(len(model.categories)))
         while target == pgd.label:
             target = int(rng.integers(len(model.categories)))
-        tgt = A.attack(model, x, "pgd", 8, 40, target=target)
-        png = A.png_check(model, tgt)
+        tgt = A.run(model, x, A.AttackSpec("pgd", 8, 40, target=target, png=True))
         p = lambda r: round(float(r.probs_after[pgd.label]), 3)  # noqa: E731 (the original answer's probability)
         row = {"image": name, "label": model.categories[pgd.label], "p": round(float(pgd.probs_before.max()), 3),
                "pgd2": pgd.success, "p_pgd2": p(pgd), "fgsm2": fgsm.success, "p_fgsm2": p(fgsm),
                "noise2": noise.success, "p_noise2": p(noise),
-               "target": model.categories[target], "pgd8_targeted": tgt.success, "png": png.success,
+               "target": model.categories[target], "pgd8_targeted": tgt.success, "png": tgt.png_success,
                "linf_max": max(pgd.linf, fgsm.linf, noise.linf, tgt.linf)}
         per_image.append(row)
         print(row, flush=True)

@@ -1,6 +1,7 @@
 """Feature-visualization benchmark (issue #8), medians and ratios from one run.
 
-Seconds per optimization step of `featurevis.optimize` (Fourier image, colour
+Seconds per optimization step of `featurevis.run` on a `FeatureVisSpec` with
+`cache=False` (what `python -m cnnviz featurevis` times: Fourier image, colour
 decorrelation, jitter/scale/rotation, Adam; the first steps with redirected ReLU
 gradients) against a bare forward+backward of the same model at the same size (the
 logit of one class back to the input), and against torch-lucent's `render_vis` with
@@ -18,8 +19,11 @@ What had to be adapted for lucent 0.1.8:
 - Its transforms are its own `standard_transforms` (pad 12, jitter 8, scale 0.95-1.05,
   rotate +-5 deg, jitter 4), ours one affine resample; both per step.
 
+Without torch-lucent installed the peer rows are left out. `--runner` adds a row through
+`cnnviz.jobs.run` (the private copy, and the runner's torch threads for a long job).
+
     pip install -r bench/requirements.txt && pip install --no-deps torch-lucent==0.1.8
-    python bench/bench_featurevis.py [--steps 128] [--repeats 3]
+    python bench/bench_featurevis.py [--steps 128] [--repeats 3] [--runner]
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from common import interleaved, median, report  # noqa: E402
 
 from cnnviz import featurevis as FV  # noqa: E402
-from cnnviz import models  # noqa: E402
+from cnnviz import jobs, models  # noqa: E402
 
 CASES = (("_blocks.3._swish#1", 5), ("_blocks.8._swish#1", 7), ("_blocks.14._swish#1", 3))
 SIZE = 128
@@ -61,10 +65,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--runner", action="store_true", help="also time the run through cnnviz.jobs.run")
     args = ap.parse_args()
+    try:
+        import lucent  # noqa: F401
+        peer = True
+    except ImportError:
+        print("torch-lucent is not installed: no peer rows", file=sys.stderr)
+        peer = False
     model = models.load(models.BUNDLED_ID)
     x = torch.rand(1, 3, SIZE, SIZE)
-    peer = copy.deepcopy(model.pixel_net)
+    peer_net = copy.deepcopy(model.pixel_net)
 
     def bare():
         xi = x.detach().requires_grad_(True)
@@ -72,19 +83,29 @@ def main() -> None:
 
     rows = []
     for layer, channel in CASES:
-        spec = FV.Spec(layer, channel, "channel", SIZE, args.steps)
-        fns = {"bare": bare, "ours": lambda s=spec: FV.optimize(model, s),
-               "lucent": lucent_render(peer, layer, channel, args.steps)}
+        spec = FV.FeatureVisSpec(layer, channel, "channel", SIZE, args.steps, cache=False)
+        fns = {"bare": bare, "ours": lambda s=spec: FV.run(model, None, s)}
+        if peer:
+            fns["lucent"] = lucent_render(peer_net, layer, channel, args.steps)
+        if args.runner:
+            fns["runner"] = lambda s=spec: jobs.run(model, None, s)
         t = interleaved(fns, args.repeats, warmup=1)
         b = median(t["bare"])
-        ours, luc = median(t["ours"]) / args.steps, median(t["lucent"]) / args.steps
+        ours = median(t["ours"]) / args.steps
         rows.append({"case": f"ours: {layer}:{channel}", "bare_fwd_bwd_ms": b * 1e3, "ms_per_step": ours * 1e3,
                      "ratio_vs_bare": ours / b, "goal": "<= 1.25 and faster than lucent"})
-        rows.append({"case": f"lucent render_vis: {layer}:{channel}", "bare_fwd_bwd_ms": b * 1e3,
-                     "ms_per_step": luc * 1e3, "ratio_vs_bare": luc / b, "goal": f"peer ({luc / ours:.2f}x ours)"})
-        print(rows[-2], rows[-1], flush=True)
-    spec = FV.Spec(None, 1, "class", SIZE, args.steps)
-    t = interleaved({"bare": bare, "ours": lambda: FV.optimize(model, spec)}, args.repeats, warmup=1)
+        if peer:
+            luc = median(t["lucent"]) / args.steps
+            rows.append({"case": f"lucent render_vis: {layer}:{channel}", "bare_fwd_bwd_ms": b * 1e3,
+                         "ms_per_step": luc * 1e3, "ratio_vs_bare": luc / b, "goal": f"peer ({luc / ours:.2f}x ours)"})
+        if args.runner:
+            run = median(t["runner"]) / args.steps
+            rows.append({"case": f"ours via jobs.run ({jobs.RUNNER.heavy_threads} threads): {layer}:{channel}",
+                         "bare_fwd_bwd_ms": b * 1e3, "ms_per_step": run * 1e3, "ratio_vs_bare": run / b,
+                         "goal": "info"})
+        print(*rows[-1 - peer - args.runner:], flush=True)
+    spec = FV.FeatureVisSpec(None, 1, "class", SIZE, args.steps, cache=False)
+    t = interleaved({"bare": bare, "ours": lambda: FV.run(model, None, spec)}, args.repeats, warmup=1)
     b, ours = median(t["bare"]), median(t["ours"]) / args.steps
     rows.append({"case": "ours: class logit 1", "bare_fwd_bwd_ms": b * 1e3, "ms_per_step": ours * 1e3,
                  "ratio_vs_bare": ours / b, "goal": "<= 1.25"})

@@ -50,7 +50,8 @@ def sweep_rows(model_id: str, repeats: int) -> list[dict]:
     fns = {"bare": bare}
     for name, values in SWEEPS.items():
         assert len(values) == 24 and 0 not in values
-        fns[name] = lambda name=name, values=values: L.sweep(model, image, name, values, probs=probs)
+        spec = L.SweepSpec(name, tuple(values), probs=probs)
+        fns[name] = lambda spec=spec: L.run(model, image, spec)
     t = interleaved(fns, repeats, warmup=1)
     b = median(t["bare"])
     return [{"case": f"24-point {name} sweep vs one forward of 24 images: {model_id}", "baseline_ms": b * 1e3,
@@ -67,7 +68,7 @@ def min_flip_row(model_id: str) -> dict:
     real = model.net.forward
     model.net.forward = lambda x: seen.append(len(x)) or real(x)
     t = time.perf_counter()
-    flip = L.min_flip(model, image, "noise", probs=probs)
+    flip = L.run(model, image, L.FlipSpec("noise", probs=probs))
     s = time.perf_counter() - t
     del model.net.forward
     n = sum(seen)

@@ -43,14 +43,15 @@ def table_row(model_id: str, repeats: int) -> dict:
 
 def erf_row(model_id: str, layer: str, repeats: int) -> dict:
     model = models.load(model_id)
-    x = model.preprocess(load_image(SAMPLE))
+    pixels = model.to_pixels(load_image(SAMPLE))  # the effective field normalizes inside
+    x = model.preprocess(pixels)
     u = R.unit(R.architecture(model), layer, input_size=model.input_size)
 
     def bare():
         xi = x.detach().requires_grad_(True)
         model.net(xi).max().backward()
 
-    t = interleaved({"erf": lambda: R.effective(model, x, u), "bare": bare}, repeats)
+    t = interleaved({"erf": lambda: R.effective(model, pixels, u), "bare": bare}, repeats)
     erf, fb = median(t["erf"]), median(t["bare"])
     return {"case": f"one unit's ERF {model_id} {layer}", "ours_s": erf, "baseline_s": fb,
             "baseline": "forward+backward to the input", "ratio": erf / fb}

@@ -1,30 +1,52 @@
 """Activation maps: what each layer computes, channel by channel.
 
-Pure functions from a model and an image to numpy arrays and small records; the
-page, the CLI and the tests all read the same numbers from here.
+One entry point, `run(model, image, spec)`:
+
+- `ActivationsSpec(layers)`: one forward pass recording the chosen layers (call names,
+  `_swish#1` for a shared module's second call), or every layer with a spatial output.
+  The `Activations` result holds the maps (about 75 MB for all layers of the bundled
+  model: the page keeps it in a shared read-only cache) and derives from them, once
+  each, the channel statistics, the depth summary and the mosaics.
+- `LayersSpec()`: the inspectable layers in execution order (`python -m cnnviz layers`).
+
+`check_layer` / `find_layer` are the one layer-name check (cnnviz.receptive,
+saliency and featurevis use them too): unknown names raise `LayerNotFound` naming the
+closest ones.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
 
-from .contract import NotFound
+from .contract import NotFound, Progress, Result, Spec
 from .hooks import record
-from .model import Model
+from .model import LayerInfo, Model
 
 SORTS = ("mean", "max", "sparsity")
+SCALES = ("global", "channel")
 GAP_RGB = (31, 78, 121)
+LAYERS_HINT = "List them with `python -m cnnviz layers`."
+TOP_LEVEL = "top level (stem, head)"
 
 
 class LayerNotFound(NotFound):
     """A layer name the model does not have (or without a spatial output)."""
 
-    def __init__(self, layer: str, known: list[str], fallback: bool = False):
+    def __init__(self, layer: str, known: list[str], fallback: bool = False, *,
+                 where: str = "with a spatial output", hint: str = LAYERS_HINT):
         self.layer = layer
-        super().__init__("layer", layer, known, "List them with `python -m cnnviz layers`.",
-                         where="with a spatial output", fallback=fallback)
+        super().__init__("layer", layer, known, hint, where=where, fallback=fallback)
+
+
+def find_layer(layer: str, known: list[str], *, error: type[LayerNotFound] = LayerNotFound, **message) -> str:
+    """The one layer-name check: `layer` if it is one of `known`, else `error` (a
+    `LayerNotFound`) naming the closest; `message`: its `where` / `hint` / `fallback`."""
+    if layer not in known:
+        raise error(layer, list(known), **message)
+    return layer
 
 
 def spatial_layers(model: Model) -> list[str]:
@@ -32,19 +54,32 @@ def spatial_layers(model: Model) -> list[str]:
     return [l.name for l in model.layers if len(l.shape) == 3]
 
 
-def check_layer(model: Model, layer: str) -> str:
-    names = spatial_layers(model)
-    if layer not in names:
-        raise LayerNotFound(layer, names)
-    return layer
+def check_layer(model: Model, layer: str, *, spatial: bool = True) -> str:
+    """`layer` if the model has it (with a spatial output, unless `spatial` is False)."""
+    if spatial:
+        return find_layer(layer, spatial_layers(model))
+    return find_layer(layer, [l.name for l in model.layers], where="")
 
 
 def compute(model: Model, image: Image.Image, layers: list[str] | None = None) -> dict[str, np.ndarray]:
     """One forward pass; {layer call name: float32 [C, H, W]} for spatial layers
-    (all of them when `layers` is None)."""
+    (all of them when `layers` is None). `image`: PIL or [1, 3, H, W] pixels in [0, 1]."""
     wanted = spatial_layers(model) if layers is None else [check_layer(model, l) for l in layers]
     _, outs = record(model, model.preprocess(image), wanted)
     return {n: outs[n][0].numpy() for n in wanted}
+
+
+def block_of(name: str) -> str:
+    """The stage/block a layer call belongs to ("_blocks.4" for "_blocks.4._bn1")."""
+    return name.split("#")[0].rsplit(".", 1)[0] if "." in name else TOP_LEVEL
+
+
+def blocks(names: list[str]) -> dict[str, str]:
+    """Block -> its first layer, in execution order (the page's block picker)."""
+    out: dict[str, str] = {}
+    for n in names:
+        out.setdefault(block_of(n), n)
+    return out
 
 
 @dataclass(frozen=True)
@@ -137,3 +172,134 @@ def compare(a: np.ndarray, b: np.ndarray) -> list[dict]:
 
 def nbytes(acts: dict[str, np.ndarray]) -> int:
     return sum(a.nbytes for a in acts.values())
+
+
+# ---------------------------------------------------------------- the contract
+
+class Memo:
+    """Values derived from a result, each computed once: results are shared read-only
+    by every session (`cache.run_shared`), so a view change reads what an earlier one
+    made. Thread-safe; bounded (least recently used out); pickles empty."""
+
+    def __init__(self, size: int = 64):
+        self.size = size
+        self._values: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, key, make):
+        with self._lock:
+            if key in self._values:
+                self._values[key] = value = self._values.pop(key)  # now the most recent
+                return value
+        value = make()  # outside the lock: two sessions may both make it, one is kept
+        with self._lock:
+            value = self._values.setdefault(key, value)
+            while len(self._values) > self.size:
+                self._values.pop(next(iter(self._values)))
+        return value
+
+    def __getstate__(self):
+        return {"size": self.size}
+
+    def __setstate__(self, state):
+        self.__init__(state["size"])
+
+
+@dataclass(frozen=True)
+class ActivationsSpec(Spec):
+    """Record `layers` (call names with a spatial output) in one forward pass; None:
+    every spatial layer."""
+
+    layers: tuple[str, ...] | None = None
+
+    def check(self, model) -> "ActivationsSpec":
+        if self.layers is None:
+            return self
+        layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
+        for layer in layers:
+            check_layer(model, layer)
+        return self if layers == self.layers else replace(self, layers=layers)
+
+
+@dataclass
+class Activations(Result):
+    """The recorded maps, {call name: float32 [C, H, W]} in execution order, and what
+    the page and the CLI read from them. Read-only: sessions share it."""
+
+    maps: dict[str, np.ndarray] = field(repr=False)
+    # Stats and channel means of every layer (small); the last mosaics (up to 1.2 MB each).
+    memo: Memo = field(default_factory=lambda: Memo(1024), repr=False, compare=False)
+    mosaics: Memo = field(default_factory=lambda: Memo(16), repr=False, compare=False)
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.maps)
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes(self.maps)
+
+    def stats(self, layer: str) -> ChannelStats:
+        return self.memo.get(("stats", layer), lambda: ChannelStats.of(self.maps[layer]))
+
+    def depth_summary(self) -> list[dict]:
+        """Per layer: mean activation, fraction of zeros, channels and spatial size."""
+        return self.memo.get("depth", lambda: depth_summary(self.maps))
+
+    def mosaic(self, layer: str, sort: str = "mean", scale: str = "global") -> tuple[np.ndarray, "Grid"]:
+        """All channels of `layer` as one tile image, strongest first by `sort` (see `mosaic`)."""
+        return self.mosaics.get((layer, sort, scale),
+                                lambda: mosaic(self.maps[layer], self.stats(layer).order(sort), scale))
+
+    def channel_map(self, layer: str, channel: int | None = None) -> np.ndarray:
+        """One channel's map [H, W], or (None) the mean over channels."""
+        if channel is not None:
+            return self.maps[layer][channel]
+        return self.memo.get(("mean", layer), lambda: self.maps[layer].mean(0))
+
+    def layer_dict(self, layer: str) -> dict:
+        s = self.stats(layer)
+        return {"layer": layer, "shape": list(self.maps[layer].shape), "channels": s.rows(),
+                "top": [int(i) for i in s.order("mean")[:16]]}
+
+    def to_dict(self) -> dict:
+        """One layer: {"layer", "shape", "channels", "top"} (`python -m cnnviz activations`);
+        several: {"layers": [those]}; with "model" and "seconds"."""
+        if len(self.maps) == 1:
+            body = self.layer_dict(self.layers[0])
+        else:
+            body = {"layers": [self.layer_dict(l) for l in self.maps]}
+        return {"model": self.model, **body, "seconds": self.seconds}
+
+
+@dataclass(frozen=True)
+class LayersSpec(Spec):
+    """The inspectable layers in execution order, one entry per call, with output shapes
+    (one probe pass on a blank input at the model's input size)."""
+
+
+@dataclass
+class Layers(Result):
+    input_size: tuple[int, int]
+    layers: list[LayerInfo]
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "input_size": list(self.input_size),
+                "layers": [{"name": l.name, "type": l.type, "shape": list(l.shape), "params": l.params}
+                           for l in self.layers], "seconds": self.seconds}
+
+
+def run(model: Model, image, spec: ActivationsSpec | LayersSpec = ActivationsSpec(), *,
+        progress: Progress | None = None) -> Activations | Layers:
+    """`ActivationsSpec`: one forward pass on `image` (PIL, or [1, 3, H, W] pixels in
+    [0, 1]); `LayersSpec`: the layer list (`image` unused)."""
+    progress = Progress.of(progress)
+    spec = spec.check(model)
+    if isinstance(spec, LayersSpec):
+        return Layers(tuple(model.input_size), model.probe_layers())
+    if not isinstance(spec, ActivationsSpec):
+        raise TypeError(f"cnnviz.activations cannot run {type(spec).__name__}")
+    progress(0.0, "one forward pass")
+    maps = compute(model, image, None if spec.layers is None else list(spec.layers))
+    progress(1.0, "one forward pass")
+    return Activations(maps)

@@ -1,7 +1,16 @@
 """Adversarial perturbations: FGSM and PGD from `captum.robust`, in pixel space.
 
-One entry point, `attack(model, image, method, eps, ...)`, returns a `Result`: the
-8-bit picture the network sees, the adversarial picture, and both probability vectors.
+One entry point, `run(model, image, spec)`, for three specs:
+
+- `AttackSpec`: FGSM or PGD (the registry `ATTACKS` says what each takes and costs),
+  giving an `AttackResult`: the 8-bit picture the network sees, the adversarial
+  picture and both probability vectors; with `png=True` also the 8-bit PNG check
+  (save, decode the bytes again, classify: does the file still fool the network?).
+- `NoiseSpec`: the control, random signs of the same L-infinity size; it should almost
+  never change the answer.
+- `BudgetSweepSpec`: attacks at growing budgets, each starting from the previous
+  budget's image (`BudgetSweep`: the smallest budget that changes the decision).
+
 Budgets (`eps`) and step sizes are in 1/255 units, the steps of an 8-bit image.
 
 - The attacks run on `model.pixel_net` ([0, 1] pixels, normalization inside), starting
@@ -9,21 +18,20 @@ Budgets (`eps`) and step sizes are in 1/255 units, the steps of an 8-bit image.
 - Captum's default loss is -log(output), meant for probabilities; on logits targeted
   attacks silently fail, so the loss is cross-entropy on the logits.
 - PGD's steps after the first run on `Model.fast_net` (BatchNorm folded into the
-  convolutions: the same function, faster); the first step, whose forward pass also
-  gives the answer on the original, and every classification use `pixel_net`.
+  convolutions: the same function, faster; one copy shared by every private copy of
+  the model); the first step, whose forward pass also gives the answer on the
+  original, and every classification (`predict.classify`) use `pixel_net`.
 - The last quarter of PGD's steps stay on the 1/255 grid (one-level sign steps, then
   rounding), and every result is rounded onto it: the adversarial image survives
-  saving as an 8-bit PNG (`png_check` saves, reloads and classifies it again).
-- The random-sign control (`noise`) has the same L-infinity norm as the attack; it
-  should almost never change the answer. `budget_sweep` attacks at growing budgets,
-  each starting from the previous budget's image.
+  saving as an 8-bit PNG.
+- PGD reports progress after every step (a sweep after every budget) and stops within
+  one step when its `Progress` is stopped.
 """
 from __future__ import annotations
 
-import io
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -31,15 +39,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .contract import CnnvizError
+from .contract import CnnvizError, Progress, Result, Spec
 from .model import Model
+from .pixels import from_uint8, png_bytes, to_uint8
+from .predict import Top, classify
 
-METHODS = ("fgsm", "pgd")
 MAX_EPS = 255.0
 MAX_STEPS = 1000
+MAX_BUDGETS = 256
 GRID_FRACTION = 4  # the last 1/GRID_FRACTION of PGD's steps move on the 1/255 grid
 SATURATED = 1e-3  # a sweep stops attacking once the goal's probability is this close to done
-Progress = Callable[[float, str], None]
 # Captum's FGSM warns on every step that the (detached) input did not require grad.
 warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
 
@@ -48,9 +57,131 @@ class AttackError(CnnvizError):
     """Attack parameters that cannot work (the message says which and what instead)."""
 
 
+# ---------------------------------------------------------------- specs
+
+@dataclass(frozen=True)
+class AttackSpec(Spec):
+    """FGSM or PGD within an L-infinity ball of `eps`/255 around the 8-bit input.
+
+    Untargeted (`target` None): push away from the network's answer on the original.
+    Targeted: pull towards class `target`. PGD takes `steps` steps of `step_size`/255
+    (default 2.5 * eps / steps, Madry et al.), from a random point of the ball if
+    `random_start` (drawn from `seed`, never from torch's global generator). FGSM is one
+    step of eps (its spec is normalized to steps 1, no random start). `png`: also save
+    the result as an 8-bit PNG, reload and classify it (one more pass)."""
+
+    method: str = "pgd"
+    eps: float = 2.0
+    steps: int = 10
+    step_size: float | None = None
+    target: int | None = None
+    random_start: bool = False
+    seed: int = 0
+    png: bool = False
+
+    def check(self, model) -> "AttackSpec":
+        _check(model, self.method, self.eps, self.steps, self.step_size, self.target)
+        iterative = ATTACKS[self.method].iterative
+        return replace(self, eps=float(self.eps), steps=int(self.steps) if iterative else 1,
+                       step_size=None if self.step_size is None or not iterative else float(self.step_size),
+                       target=None if self.target is None else int(self.target),
+                       random_start=bool(self.random_start and iterative), seed=int(self.seed), png=bool(self.png))
+
+    @property
+    def alpha(self) -> float:
+        """The step actually taken, 1/255 units: FGSM's is the budget."""
+        if not ATTACKS[self.method].iterative:
+            return float(self.eps)
+        return float(self.step_size) if self.step_size is not None else 2.5 * self.eps / self.steps
+
+    def passes(self, model) -> int:
+        return ATTACKS[self.method].passes(self) + int(self.png) if self.method in ATTACKS else 1
+
+    def sweep(self, budgets) -> "BudgetSweepSpec":
+        """This attack at each of `budgets` (1/255 units)."""
+        return BudgetSweepSpec(self.method, tuple(float(b) for b in budgets), self.steps, self.step_size, self.target,
+                               self.random_start, self.seed)
+
+
+@dataclass(frozen=True)
+class NoiseSpec(Spec):
+    """The control: every pixel value moved by +-eps/255 with random signs (seeded)."""
+
+    eps: float = 2.0
+    seed: int = 0
+
+    def check(self, model) -> "NoiseSpec":
+        _check(model, "fgsm", self.eps, 1, None, None)
+        return replace(self, eps=float(self.eps), seed=int(self.seed))
+
+    def passes(self, model) -> int:
+        return 2  # the original and the noisy image, one batch
+
+
+@dataclass(frozen=True)
+class BudgetSweepSpec(Spec):
+    """The same attack at each budget (ascending; see `_pgd_sweep` for the reuse)."""
+
+    method: str = "pgd"
+    budgets: tuple[float, ...] = tuple(float(b) for b in range(1, 17))
+    steps: int = 10
+    step_size: float | None = None
+    target: int | None = None
+    random_start: bool = False
+    seed: int = 0
+
+    def check(self, model) -> "BudgetSweepSpec":
+        budgets = tuple(sorted(float(b) for b in self.budgets))
+        if not budgets:
+            raise AttackError("Give at least one budget.")
+        if len(budgets) > MAX_BUDGETS:
+            raise AttackError(f"{len(budgets)} budgets; at most {MAX_BUDGETS} per sweep.")
+        one = None
+        for b in budgets:
+            one = self.attack(b).check(model)
+        return replace(self, budgets=budgets, steps=one.steps, step_size=one.step_size, target=one.target,
+                       random_start=one.random_start, seed=one.seed)
+
+    def attack(self, eps: float) -> AttackSpec:
+        """The single attack at one budget of the sweep."""
+        return AttackSpec(self.method, eps, self.steps, self.step_size, self.target, self.random_start, self.seed)
+
+    def passes(self, model) -> int:
+        if self.method not in ATTACKS or not ATTACKS[self.method].iterative:
+            return 2 + len(self.budgets)  # one gradient, then every budget in one batch
+        return 1 + len(self.budgets) * (self.steps + 1)  # at most: a sweep stops once the goal is certain
+
+
+def _check(model: Model, method: str, eps: float, steps: int, step_size: float | None, target: int | None) -> None:
+    if method not in ATTACKS:
+        raise AttackError(f"Unknown attack {method!r}; choose one of {', '.join(ATTACKS)}.")
+    if not 1 <= eps <= MAX_EPS or not math.isfinite(eps):
+        raise AttackError(f"The budget must be between 1 and {MAX_EPS:.0f} (in 1/255 units), got {eps:g}: "
+                          "an 8-bit image cannot change by less than 1/255.")
+    if not 1 <= steps <= MAX_STEPS:
+        raise AttackError(f"The number of steps must be between 1 and {MAX_STEPS}, got {steps}.")
+    if step_size is not None and not (0 < step_size <= MAX_EPS and math.isfinite(step_size)):
+        raise AttackError(f"The step size must be positive (in 1/255 units), got {step_size:g}.")
+    n = len(model.categories)
+    if target is not None and not 0 <= target < n:
+        raise AttackError(f"Class {target} does not exist; the model has {n} classes (0 to {n - 1}).")
+
+
+def parse_budgets(text: str | None) -> tuple[float, ...]:
+    """'1,2,4,8' or 'START:STOP:STEP' (STOP included); None or '' gives 1 to 16."""
+    if text is None or not str(text).strip():
+        return BudgetSweepSpec.budgets
+    from .limits import parse_numbers
+
+    return parse_numbers(text, AttackError, MAX_BUDGETS, "1,2,4,8", "1:16:1")
+
+
+# ---------------------------------------------------------------- results
+
 @dataclass
-class Result:
-    """One attack on one image. Images are uint8 [H, W, 3] at the network's input size."""
+class AttackResult(Result):
+    """One attack (or the noise control) on one image. Images are uint8 [H, W, 3] at the
+    network's input size."""
 
     method: str  # "fgsm" | "pgd" | "noise"
     eps: float  # budget, 1/255 units
@@ -59,10 +190,14 @@ class Result:
     target: int | None  # the class a targeted attack aims at; None: untargeted
     random_start: bool
     seed: int
-    original: np.ndarray
-    adversarial: np.ndarray
-    probs_before: np.ndarray  # float64 [num_classes]
-    probs_after: np.ndarray
+    original: np.ndarray = field(repr=False)
+    adversarial: np.ndarray = field(repr=False)
+    probs_before: np.ndarray = field(repr=False)  # float64 [num_classes]
+    probs_after: np.ndarray = field(repr=False)
+    categories: list[str] = field(repr=False)
+    png: bytes | None = field(default=None, repr=False)  # the 8-bit PNG (AttackSpec.png)
+    png_probs: np.ndarray | None = field(default=None, repr=False)  # the reloaded PNG's probabilities
+    png_success: bool | None = None  # the reloaded PNG still fools the network
 
     @property
     def label(self) -> int:
@@ -93,10 +228,60 @@ class Result:
         """Euclidean norm of the perturbation over all values, in [0, 1] pixel units."""
         return float(np.linalg.norm(self.delta.astype(np.float64) / 255))
 
+    def _top(self, i: int, probs: np.ndarray) -> dict:
+        return Top(i, self.categories[i], float(probs[i])).to_dict()
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "method": self.method, "eps": self.eps, "steps": self.steps,
+                "original": self._top(self.label, self.probs_before),
+                "adversarial": self._top(self.predicted, self.probs_after),
+                "target": self._top(self.target, self.probs_after) if self.target is not None else None,
+                "success": self.success, "linf": self.linf, "l2": self.l2, "png_success": self.png_success,
+                "seconds": self.seconds}
+
+
+@dataclass
+class BudgetSweep(Result):
+    budgets: list[float]  # 1/255 units, starting with 0 (the original)
+    label: int
+    target: int | None
+    p_label: list[float]  # probability of the original answer at each budget
+    p_target: list[float] | None  # of the target class (targeted attacks)
+    predicted: list[int]
+    success: list[bool]
+
+    @property
+    def smallest(self) -> float | None:
+        """The smallest budget that changes the decision as asked (None: none did)."""
+        return next((b for b, s in zip(self.budgets, self.success) if s), None)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "budgets": self.budgets, "label": self.label, "target": self.target,
+                "p_label": self.p_label, "p_target": self.p_target, "predicted": self.predicted,
+                "success": self.success, "smallest": self.smallest, "seconds": self.seconds}
+
 
 def succeeded(probs: np.ndarray, label: int, target: int | None) -> bool:
     top = int(np.argmax(probs))
     return top == target if target is not None else top != label
+
+
+# ---------------------------------------------------------------- the one entry point
+
+def run(model: Model, image: Image.Image | torch.Tensor, spec: AttackSpec | NoiseSpec | BudgetSweepSpec, *,
+        progress: Progress | None = None) -> AttackResult | BudgetSweep:
+    """`image`: a PIL image (resized and cropped as the model does) or pixels
+    [1, 3, H, W] in [0, 1] (any size the network takes)."""
+    progress = Progress.of(progress)
+    spec = spec.check(model)
+    x0 = pixels(model, image)
+    if isinstance(spec, AttackSpec):
+        return _attack(model, x0, spec, progress)
+    if isinstance(spec, NoiseSpec):
+        return _noise(model, x0, spec)
+    if isinstance(spec, BudgetSweepSpec):
+        return _budget_sweep(model, x0, spec, progress)
+    raise TypeError(f"adversarial.run takes an AttackSpec, NoiseSpec or BudgetSweepSpec, not {type(spec).__name__}")
 
 
 # ---------------------------------------------------------------- pixels
@@ -116,71 +301,60 @@ def _to_grid(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x * 255) / 255
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[1, 3, H, W] in [0, 1] -> uint8 [H, W, 3] (exact on the grid)."""
-    return torch.round(x[0].permute(1, 2, 0) * 255).clamp(0, 255).to(torch.uint8).numpy()
-
-
-def from_uint8(rgb: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(rgb, np.uint8)).permute(2, 0, 1)[None].float() / 255
-
-
-def classify(model: Model, x: torch.Tensor) -> np.ndarray:
-    """Softmax of the pixel network for a batch of pixels, float64 [N, num_classes]."""
-    with model.lock, torch.no_grad():
-        return model.pixel_net(x).double().softmax(-1).numpy()
-
-
 # ---------------------------------------------------------------- attacks
 
-def check(model: Model, method: str, eps: float, steps: int, step_size: float | None,
-          target: int | None) -> float:
-    """Validate parameters; returns the step size (default 2.5 * eps / steps, Madry et al.)."""
-    if method not in METHODS:
-        raise AttackError(f"Unknown attack {method!r}; choose one of {', '.join(METHODS)}.")
-    if not 1 <= eps <= MAX_EPS or not math.isfinite(eps):
-        raise AttackError(f"The budget must be between 1 and {MAX_EPS:.0f} (in 1/255 units), got {eps:g}: "
-                          "an 8-bit image cannot change by less than 1/255.")
-    if not 1 <= steps <= MAX_STEPS:
-        raise AttackError(f"The number of steps must be between 1 and {MAX_STEPS}, got {steps}.")
-    if step_size is not None and not (0 < step_size <= MAX_EPS and math.isfinite(step_size)):
-        raise AttackError(f"The step size must be positive (in 1/255 units), got {step_size:g}.")
-    n = len(model.categories)
-    if target is not None and not 0 <= target < n:
-        raise AttackError(f"Class {target} does not exist; the model has {n} classes (0 to {n - 1}).")
-    if method == "fgsm":
-        return float(eps)
-    return float(step_size) if step_size is not None else 2.5 * eps / steps
+@dataclass(frozen=True)
+class Attack:
+    """One attack method: what the page and the CLI show, what it costs, how it runs."""
+
+    name: str
+    label: str  # "PGD"
+    help: str  # one sentence for a widget's help
+    iterative: bool  # takes steps, a step size and a random start
+    passes: Callable[[AttackSpec], int]  # forward(+backward) passes, the final classification included
+    # (model, 8-bit pixels, checked spec, progress) -> (probabilities on the original, adversarial pixels)
+    perturb: Callable = field(repr=False)
 
 
-def attack(model: Model, image: Image.Image | torch.Tensor, method: str = "pgd", eps: float = 2,
-           steps: int = 10, step_size: float | None = None, target: int | None = None,
-           random_start: bool = False, seed: int = 0) -> Result:
-    """FGSM or PGD within an L-infinity ball of `eps`/255 around the 8-bit input.
+def _attack(model: Model, x0: torch.Tensor, spec: AttackSpec, progress: Progress) -> AttackResult:
+    before, adv = ATTACKS[spec.method].perturb(model, x0, spec, progress)
+    after = classify(model, adv)[0]
+    out = AttackResult(spec.method, spec.eps, spec.steps, spec.alpha, spec.target, spec.random_start, spec.seed,
+                       to_uint8(x0), to_uint8(adv), before, after, model.categories)
+    if spec.png:
+        _png_check(model, out)
+    return out
 
-    Untargeted (`target` None): push away from the network's answer on the original.
-    Targeted: pull towards class `target`. PGD takes `steps` steps of `step_size`/255
-    (default 2.5 * eps / steps), from a random point of the ball if `random_start`
-    (drawn from `seed`, never from torch's global generator). FGSM is one step of eps.
-    """
-    alpha = check(model, method, eps, steps, step_size, target)
-    x0 = pixels(model, image)
-    with model.lock:
-        if method == "pgd" and not random_start:  # the label comes free with the first step
-            before, start = _first_step(model, x0, eps, alpha, target)
-        else:
-            before, start = classify(model, x0)[0], None
-        goal = _goal(model, before, target)
-        if method == "fgsm":
-            adv = _fgsm(model, x0, eps, goal, target is not None)
-            steps = 1
-        elif start is not None:
-            adv = _pgd(model, x0, start, eps, alpha, steps, goal, target is not None, done=1)
-        else:
-            adv = _pgd(model, x0, _random_start(x0, eps, seed), eps, alpha, steps, goal, target is not None)
-        after = classify(model, adv)[0]
-    return Result(method, float(eps), steps, alpha, target, bool(random_start and method == "pgd"), int(seed),
-                  to_uint8(x0), to_uint8(adv), before, after)
+
+def _perturb_fgsm(model: Model, x0: torch.Tensor, spec: AttackSpec, progress: Progress):
+    before = classify(model, x0)[0]
+    adv = _fgsm(model, x0, spec.eps, _goal(model, before, spec.target), spec.target is not None)
+    progress(1.0, "FGSM")
+    return before, adv
+
+
+def _perturb_pgd(model: Model, x0: torch.Tensor, spec: AttackSpec, progress: Progress):
+    def step(k: int) -> None:
+        progress(k / spec.steps, f"step {k} of {spec.steps}")
+
+    targeted = spec.target is not None
+    if not spec.random_start:  # the label comes free with the first step
+        before, start = _first_step(model, x0, spec.eps, spec.alpha, spec.target)
+        step(1)
+        goal = _goal(model, before, spec.target)
+        return before, _pgd(model, x0, start, spec.eps, spec.alpha, spec.steps, goal, targeted, done=1, step=step)
+    before = classify(model, x0)[0]
+    goal = _goal(model, before, spec.target)
+    start = _random_start(x0, spec.eps, spec.seed)
+    return before, _pgd(model, x0, start, spec.eps, spec.alpha, spec.steps, goal, targeted, step=step)
+
+
+ATTACKS: dict[str, Attack] = {a.name: a for a in (
+    Attack("fgsm", "FGSM", "one step of the full budget along the gradient's sign.", False,
+           lambda spec: 3, _perturb_fgsm),
+    Attack("pgd", "PGD", "many small steps, each projected back into the budget.", True,
+           lambda spec: spec.steps + 1 + int(spec.random_start), _perturb_pgd),
+)}
 
 
 def _goal(model: Model, before: np.ndarray, target: int | None) -> int:
@@ -232,26 +406,33 @@ def _first_step(model: Model, x0: torch.Tensor, eps: float, alpha: float, target
 
 
 def _pgd(model: Model, x0: torch.Tensor, start: torch.Tensor, eps: float, alpha: float, steps: int,
-         goal: int, targeted: bool, done: int = 0) -> torch.Tensor:
+         goal: int, targeted: bool, done: int = 0, step: Callable[[int], None] | None = None) -> torch.Tensor:
     """PGD from `start` (anywhere inside the ball around x0): float steps of `alpha`,
-    then one-level steps on the 1/255 grid. Captum clips around its own input, so the
-    ball around x0 is imposed through the documented `bound` attribute instead.
-    `done`: float steps already taken (by `_first_step`). The steps run on the
-    BatchNorm-folded copy (`Model.fast_net`, ~0.8x the time per step); every
-    probability reported comes from `pixel_net`, as everywhere else."""
-    from captum.robust import PGD
+    then one-level steps on the 1/255 grid. `done`: float steps already taken (by
+    `_first_step`); `step(k)` is called after the k-th step (progress, and where a stop
+    request ends the attack). The steps run on the BatchNorm-folded copy
+    (`Model.fast_net`, ~0.8x the time per step); every probability reported comes from
+    `pixel_net`, as everywhere else.
+
+    Each step is Captum's PGD step, one at a time: its FGSM step (`zero_thresh` 0), the
+    clip around the phase's start (radius 1: a no-op in [0, 1], kept so every number is
+    Captum's), then the projection onto the ball around x0 (Captum's `bound`)."""
+    from captum.robust import FGSM
 
     grid_steps = steps // GRID_FRACTION
     target = torch.tensor([goal])
-    x = start
+    fgsm = FGSM(model.fast_net, loss_func=_loss())
+    fgsm.zero_thresh = 0.0
+    x, k = start, done
     with torch.enable_grad():
         for n, size, grid in ((steps - grid_steps - done, alpha, False), (grid_steps, 1.0, True)):
-            if n == 0:
-                continue
-            pgd = PGD(model.fast_net, loss_func=_loss())
-            pgd.fgsm.zero_thresh = 0.0
-            pgd.bound = _ball(x0, eps, grid)
-            x = pgd.perturb(x, radius=1.0, step_size=size / 255, step_num=n, target=target, targeted=targeted)
+            bound, origin = _ball(x0, eps, grid), x
+            for _ in range(n):
+                moved = fgsm.perturb(x, size / 255, target, None, targeted)
+                x = bound(origin + torch.clamp(moved - origin, -1.0, 1.0)).detach()
+                k += 1
+                if step is not None:
+                    step(k)
     return _ball(x0, eps, grid=True)(x.detach())
 
 
@@ -261,61 +442,32 @@ def _random_start(x0: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
     return (x0 + u * eps / 255).clamp(0, 1)
 
 
-def noise(model: Model, image: Image.Image | torch.Tensor, eps: float, seed: int = 0) -> Result:
-    """The control: every pixel value moved by +-eps/255 with random signs (seeded)."""
-    check(model, "fgsm", eps, 1, None, None)
-    x0 = pixels(model, image)
-    g = torch.Generator().manual_seed(int(seed))
+def _noise(model: Model, x0: torch.Tensor, spec: NoiseSpec) -> AttackResult:
+    g = torch.Generator().manual_seed(spec.seed)
     signs = torch.randint(0, 2, x0.shape, generator=g).float() * 2 - 1
-    x = _ball(x0, eps, grid=True)(x0 + signs * math.floor(eps) / 255)
-    with model.lock:
-        before, after = classify(model, torch.cat([x0, x]))
-    return Result("noise", float(eps), 1, float(eps), None, False, int(seed), to_uint8(x0), to_uint8(x), before, after)
+    x = _ball(x0, spec.eps, grid=True)(x0 + signs * math.floor(spec.eps) / 255)
+    before, after = classify(model, torch.cat([x0, x]))
+    return AttackResult("noise", spec.eps, 1, spec.eps, None, False, spec.seed, to_uint8(x0), to_uint8(x),
+                        before, after, model.categories)
 
 
 # ---------------------------------------------------------------- 8-bit check
 
-@dataclass
-class PngCheck:
-    png: bytes
-    probs: np.ndarray  # the reloaded PNG's probabilities
-    success: bool  # the reloaded PNG still fools the network
-
-
-def png_check(model: Model, result: Result) -> PngCheck:
+def _png_check(model: Model, result: AttackResult) -> None:
     """Save the adversarial image as an 8-bit PNG, decode the bytes again and classify
     them at the network's input size (no resizing): does the file still fool it?"""
     from .images import decode
 
-    buf = io.BytesIO()
-    Image.fromarray(result.adversarial).save(buf, "PNG")
-    data = buf.getvalue()
+    data = png_bytes(result.adversarial)
     reloaded = np.asarray(decode(data, "the adversarial PNG"))
     probs = classify(model, from_uint8(reloaded))[0]
-    return PngCheck(data, probs, succeeded(probs, result.label, result.target))
+    result.png, result.png_probs = data, probs
+    result.png_success = succeeded(probs, result.label, result.target)
 
 
 # ---------------------------------------------------------------- budget sweep
 
-@dataclass
-class Sweep:
-    budgets: list[float]  # 1/255 units, starting with 0 (the original)
-    label: int
-    target: int | None
-    p_label: list[float]  # probability of the original answer at each budget
-    p_target: list[float] | None  # of the target class (targeted attacks)
-    predicted: list[int]
-    success: list[bool]
-
-    @property
-    def smallest(self) -> float | None:
-        """The smallest budget that changes the decision as asked (None: none did)."""
-        return next((b for b, s in zip(self.budgets, self.success) if s), None)
-
-
-def budget_sweep(model: Model, image: Image.Image | torch.Tensor, method: str = "pgd", budgets=range(1, 17),
-                 steps: int = 10, step_size: float | None = None, target: int | None = None,
-                 random_start: bool = False, seed: int = 0, progress: Progress | None = None) -> Sweep:
+def _budget_sweep(model: Model, x0: torch.Tensor, spec: BudgetSweepSpec, progress: Progress) -> BudgetSweep:
     """Attack at each budget (ascending) and record the original and target probabilities.
 
     Work is reused: FGSM's gradient at the original does not depend on the budget, so
@@ -324,27 +476,20 @@ def budget_sweep(model: Model, image: Image.Image | torch.Tensor, method: str = 
     new one is worse, and stops attacking once the goal is reached with
     near-certainty (larger budgets hold that image too). `step_size` is scaled with
     the budget when not given (2.5 * eps / steps)."""
-    budgets = sorted(float(b) for b in budgets)
-    if not budgets:
-        raise AttackError("Give at least one budget.")
-    for b in budgets:
-        check(model, method, b, steps, step_size, target)
-    x0 = pixels(model, image)
+    budgets, target = list(spec.budgets), spec.target
     before = classify(model, x0)[0]
     label, goal = int(before.argmax()), _goal(model, before, target)
-    if method == "fgsm":
-        with model.lock:
-            probs = classify(model, _fgsm_sweep(model, x0, budgets, goal, target is not None))
-        if progress:
-            progress(1.0, f"FGSM at {len(budgets)} budgets")
-    else:  # the lock is taken per budget, so other sessions are not held up for the whole sweep
-        probs = _pgd_sweep(model, x0, budgets, steps, step_size, goal, target, random_start, seed, progress)
+    if not ATTACKS[spec.method].iterative:
+        probs = classify(model, _fgsm_sweep(model, x0, budgets, goal, target is not None))
+        progress(1.0, f"FGSM at {len(budgets)} budgets")
+    else:
+        probs = _pgd_sweep(model, x0, spec, goal, progress)
     probs = np.concatenate([before[None], probs])
     budgets = [0.0, *budgets]
     success = [succeeded(p, label, target) for p in probs]
-    return Sweep(budgets, label, target, [float(p[label]) for p in probs],
-                 [float(p[target]) for p in probs] if target is not None else None,
-                 [int(p.argmax()) for p in probs], success)
+    return BudgetSweep(budgets, label, target, [float(p[label]) for p in probs],
+                       [float(p[target]) for p in probs] if target is not None else None,
+                       [int(p.argmax()) for p in probs], success)
 
 
 def _fgsm_sweep(model, x0, budgets, goal, targeted) -> torch.Tensor:
@@ -358,7 +503,9 @@ def _fgsm_sweep(model, x0, budgets, goal, targeted) -> torch.Tensor:
     return torch.cat([_ball(x0, b, grid=True)(x0 + direction * math.floor(b) / 255) for b in budgets])
 
 
-def _pgd_sweep(model, x0, budgets, steps, step_size, goal, target, random_start, seed, progress) -> np.ndarray:
+def _pgd_sweep(model, x0, spec: BudgetSweepSpec, goal: int, progress: Progress) -> np.ndarray:
+    target, budgets = spec.target, spec.budgets
+
     def worse(new, old) -> bool:  # for the attack's goal
         return new[goal] < old[goal] if target is not None else new[goal] > old[goal]
 
@@ -366,16 +513,15 @@ def _pgd_sweep(model, x0, budgets, steps, step_size, goal, target, random_start,
     for i, b in enumerate(budgets):
         done = best is not None and (best[goal] > 1 - SATURATED if target is not None else best[goal] < SATURATED)
         if not done:
-            alpha = step_size if step_size is not None else 2.5 * b / steps
-            start = x if x is not None else (_random_start(x0, b, seed) if random_start else x0)
-            with model.lock:
-                new = _pgd(model, x0, start, b, alpha, steps, goal, target is not None)
-                p = classify(model, new)[0]
+            alpha = spec.attack(b).alpha
+            start = x if x is not None else (_random_start(x0, b, spec.seed) if spec.random_start else x0)
+            new = _pgd(model, x0, start, b, alpha, spec.steps, goal, target is not None,
+                       step=lambda k: progress.check())
+            p = classify(model, new)[0]
             if best is None or not worse(p, best):
                 x, best = new, p
         out.append(best)
-        if progress:
-            progress((i + 1) / len(budgets), f"budget {b:g}/255 ({i + 1} of {len(budgets)})")
+        progress((i + 1) / len(budgets), f"budget {b:g}/255 ({i + 1} of {len(budgets)})")
     return np.stack(out)
 
 

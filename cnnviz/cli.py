@@ -53,21 +53,14 @@ def cmd_activations(args) -> dict:
 
     image = load_image(args.image)
     model = models.load(args.model, progress=_stderr_progress)
-    layer = A.check_layer(model, args.layer)
-
-    def run():
-        acts = A.compute(model, image, [layer])[layer]
-        return acts, A.ChannelStats.of(acts)
-
-    (acts, stats), seconds = _timed(run)
+    result = _run(model, image, A.ActivationsSpec((args.layer,)))
     if args.out:
-        _save_png(A.mosaic(acts, stats.order("mean"))[0], args.out)
+        _save_png(result.mosaic(args.layer, "mean")[0], args.out)
     if args.npy:
         import numpy as np
 
-        np.save(args.npy, acts)
-    return {"model": model.id, "layer": layer, "shape": list(acts.shape), "channels": stats.rows(),
-            "top": [int(i) for i in stats.order("mean")[:16]], "seconds": seconds}
+        np.save(args.npy, result.maps[args.layer])
+    return result.to_dict()
 
 
 def _save_png(rgb, path: str) -> None:
@@ -81,18 +74,16 @@ def _save_png(rgb, path: str) -> None:
 
 def cmd_saliency(args) -> dict:
     from . import saliency as S
-    from .predict import class_index, probabilities
+    from .predict import class_index
 
+    if args.layer and not S.METHODS[args.method].takes_layer:
+        raise UsageError(f"--layer applies to Grad-CAM-style methods, not {args.method}")
     image = load_image(args.image)
     model = models.load(args.model, progress=_stderr_progress)
-    probs = probabilities(model, image)
-    target = class_index(model, args.target) if args.target is not None else int(probs.argmax())
+    target = class_index(model, args.target) if args.target is not None else None
     contrast = class_index(model, args.contrast) if args.contrast is not None else None
-    if args.method in S.CAM_METHODS + ("guided_gradcam",):
-        S.check_cam_layer(model, args.layer)
-    elif args.layer:
-        raise UsageError(f"--layer applies to Grad-CAM-style methods, not {args.method}")
-    att, seconds = _timed(lambda: S.attribute(model, image, args.method, target, args.layer, contrast))
+    spec = S.SaliencySpec(args.method, target, args.layer, contrast).check(model)
+    att = _run(model, image, spec)
     if args.out:
         from .render import overlay
 
@@ -101,67 +92,66 @@ def cmd_saliency(args) -> dict:
         import numpy as np
 
         np.save(args.npy, att.map)
-    return {"model": model.id, "method": args.method, "layer": att.layer,
-            "target": {"index": target, "label": model.categories[target], "prob": float(probs[target])},
-            "shape": list(att.map.shape), "peak": list(att.peak), "seconds": seconds}
+    return att.to_dict()
+
+
+def cmd_trust(args) -> dict:
+    from . import trust as Tr
+    from .predict import class_index
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    image = load_image(args.image)
+    model = models.load(args.model, progress=_stderr_progress)
+    target = class_index(model, args.target) if args.target is not None else None
+    spec = Tr.TrustSpec(methods, target, args.steps, args.seed).check(model)
+    # Warm-up: every method's first pass (imports, the folded network) at a fraction of the cost.
+    report = _run(model, image, spec, warmup=Tr.TrustSpec(spec.methods, spec.target, 1, spec.seed))
+    return {**report.to_dict(), "image": args.image}
 
 
 def cmd_limits(args) -> dict:
     from . import limits as L
-    from .predict import probabilities
+    from .predict import PredictSpec
 
     image = load_image(args.image)
     values = L.parse_values(args.transform, args.values)
     model = models.load(args.model, progress=_stderr_progress)
-    probs = probabilities(model, image)
-
-    def run():
-        sw = L.sweep(model, image, args.transform, values, args.seed, probs=probs)
-        return sw, L.min_flip(model, image, args.transform, args.seed, probs=probs, known=sw)
-
-    (sw, flip), seconds = _timed(run)
+    probs = jobs.run(model, image, PredictSpec()).probs  # predict's numbers at the identity, as the page
+    res = _run(model, image, L.LimitsSpec(args.transform, values, args.seed, probs=probs))
     if args.out:
         from .render import thumb_strip
 
-        _save_png(thumb_strip(sw), args.out)
-    out = {**sw.to_dict(), "min_flip": flip.value if flip else None, "seconds": seconds}
-    if flip and not args.json:  # the JSON keys are the contract; people get the sentence
-        out["sentence"] = flip.sentence()
+        _save_png(thumb_strip(res.sweep), args.out)
+    out = res.to_dict()
+    if res.flip and not args.json:  # the JSON keys are the contract; people get the sentence
+        out["sentence"] = res.flip.sentence()
     return out
 
 
 def cmd_featurevis(args) -> dict:
+    from dataclasses import replace
+
     from . import featurevis as FV
 
     model = models.load(args.model, progress=_stderr_progress)
-    spec = FV.check(model, FV.Spec(args.layer, args.channel, args.objective, args.size, args.steps, args.lr,
-                                   args.seed))
-    nat = FV.natural(model, spec.layer, FV.sample_images())
-    natural_mean, natural_max = FV.natural_stats(model, spec, nat)
-    FV.optimize(model, FV.Spec(spec.layer, spec.channel, spec.objective, spec.size, 1, spec.lr, spec.seed))  # warm-up
-
-    def progress(step, steps, _preview):
-        if not args.json and sys.stderr.isatty():
-            print(f"\rstep {step}/{steps}", end="\n" if step == steps else "", file=sys.stderr)
-
-    result = FV.optimize(model, spec, progress)  # always computed: `seconds` is compute time
+    spec = FV.FeatureVisSpec(args.layer, args.channel, args.objective, args.size, args.steps, args.lr, args.seed,
+                             cache=False).check(model)  # always computed: `seconds` is compute time
+    natural_mean, natural_max = jobs.run(model, None, FV.NaturalSpec(spec.layer)).stats(spec)
+    result = _run(model, None, spec, replace(spec, steps=1))
+    result.natural_mean, result.natural_max = natural_mean, natural_max
     if args.out:
         _save_png(result.image, args.out)
-    return {"model": model.id, "layer": spec.layer, "channel": spec.channel, "steps": spec.steps, "size": spec.size,
-            "activation_start": result.activation_start, "activation_end": result.activation_end,
-            "natural_mean": natural_mean, "natural_max": natural_max, "seconds": result.seconds}
+    return result.to_dict()
 
 
 def cmd_filters(args) -> dict:
     from . import filters as Fi
 
     model = models.load(args.model, progress=_stderr_progress)
-    f = Fi.of(model, args.layer)
+    result = _run(model, None, Fi.FiltersSpec(args.layer, args.sort, args.filter))
     if args.out:
-        order = f.order(args.sort)
-        _save_png(Fi.tiles(f, order, args.filter if args.filter is not None else int(f.order("norm")[0]))[0],
-                  args.out)
-    return {"layer": f.layer, "shape": list(f.weights.shape), "norms": [float(v) for v in f.norms]}
+        _save_png(result.tiles, args.out)
+    return result.to_dict()
 
 
 def cmd_rf(args) -> dict:
@@ -172,58 +162,51 @@ def cmd_rf(args) -> dict:
     image = load_image(args.image) if args.image else None
     model = models.load(args.model, progress=_stderr_progress)
     if args.all:
-        rows, seconds = _timed(lambda: R.architecture(model))
-        return {"model": model.id, "input_size": list(model.input_size),
-                "layers": [r.to_dict() for r in rows if r.layer], "seconds": seconds}
-
-    def run():
-        u = R.unit(R.architecture(model), args.layer, args.y, args.x, model.input_size)
-        eff = R.effective(model, model.preprocess(image), u) if image is not None else None
-        return u, eff
-
-    (u, eff), seconds = _timed(run)
+        return _run(model, None, R.TableSpec()).to_dict()
+    spec = (R.EffectiveSpec if image is not None else R.UnitSpec)(args.layer, args.y, args.x)
+    result = _run(model, image, spec)
     if args.out:
         import numpy as np
-        from PIL import Image
-        from .render import rf_canvas
 
-        base = model.input_image(image) if image is not None else Image.new("RGB", model.input_size[::-1], (235,) * 3)
-        canvas, _ = rf_canvas(base, u.box, eff and eff.map, eff and eff.box50, eff and eff.box90)
-        _save_png(np.asarray(canvas), args.out)
-    f = u.field
-    return {"model": model.id, "layer": u.layer, "size": list(f.size), "jump": list(f.jump),
-            "start": list(f.start), "unit": list(u.unit), "box": list(u.box), "box_clipped": list(u.box_clipped),
-            "erf_box50": list(eff.box50) if eff and eff.box50 else None,
-            "erf_box90": list(eff.box90) if eff and eff.box90 else None, "seconds": seconds}
+        _save_png(np.asarray(result.canvas(R.backdrop(model, image))[0]), args.out)
+    return result.to_dict()
 
 
 def cmd_attack(args) -> dict:
+    from dataclasses import replace
+
     from . import adversarial as A
     from .predict import class_index
 
     image = load_image(args.image)
     model = models.load(args.model, progress=_stderr_progress)
     target = class_index(model, args.target) if args.target is not None else None
-    A.check(model, args.method, args.eps, args.steps, args.step_size, target)  # before the warm-up run
-    res, seconds = _timed(lambda: A.attack(model, image, args.method, args.eps, args.steps, args.step_size, target,
-                                           args.random_start, args.seed))
-    png_success = None
+    spec = A.AttackSpec(args.method, args.eps, args.steps, args.step_size, target, args.random_start, args.seed,
+                        png=bool(args.out)).check(model)  # before the warm-up run
+    res = _run(model, image, spec, replace(spec, steps=min(spec.steps, 4), png=False))
     if args.out:
-        check = A.png_check(model, res)
         try:
             with open(args.out, "wb") as f:
-                f.write(check.png)
+                f.write(res.png)
         except OSError as e:
             raise UsageError(f"cannot write {args.out}: {e.strerror or e}") from None
-        png_success = check.success
+    return res.to_dict()
 
-    def cls(i, probs):
-        return {"index": i, "label": model.categories[i], "prob": float(probs[i])}
 
-    return {"model": model.id, "method": res.method, "eps": res.eps, "steps": res.steps,
-            "original": cls(res.label, res.probs_before), "adversarial": cls(res.predicted, res.probs_after),
-            "target": cls(target, res.probs_after) if target is not None else None, "success": res.success,
-            "linf": res.linf, "l2": res.l2, "png_success": png_success, "seconds": seconds}
+def cmd_sweep(args) -> dict:
+    from dataclasses import replace
+
+    from . import adversarial as A
+    from .predict import class_index
+
+    image = load_image(args.image)
+    budgets = A.parse_budgets(args.budgets)
+    model = models.load(args.model, progress=_stderr_progress)
+    target = class_index(model, args.target) if args.target is not None else None
+    spec = A.BudgetSweepSpec(args.method, budgets, args.steps, args.step_size, target, args.random_start,
+                             args.seed).check(model)
+    warmup = replace(spec, budgets=spec.budgets[:1], steps=min(spec.steps, 4))
+    return {**_run(model, image, spec, warmup).to_dict(), "image": args.image}
 
 
 def cmd_models(args) -> dict:
@@ -234,13 +217,10 @@ def cmd_models(args) -> dict:
 
 
 def cmd_layers(args) -> dict:
+    from .activations import LayersSpec
+
     model = models.load(args.model, progress=_stderr_progress)
-    layers, seconds = _timed(model.probe_layers)
-    return {
-        "model": model.id, "input_size": list(model.input_size),
-        "layers": [{"name": l.name, "type": l.type, "shape": list(l.shape), "params": l.params} for l in layers],
-        "seconds": seconds,
-    }
+    return _run(model, None, LayersSpec()).to_dict()
 
 
 def cmd_download(args) -> dict:
@@ -277,6 +257,13 @@ def _print_human(cmd: str, out: dict) -> None:
         t = out["target"]
         print(f"{out['method']} of {out['model']} for {t['label']} ({t['index']}, p={t['prob']:.3f})"
               + (f" at {out['layer']}" if out["layer"] else "") + f": peak at {out['peak']}")
+    elif cmd == "trust":
+        t = out["target"]
+        print(f"Trust checks of {out['model']} for {t['label']} ({t['index']}, p={t['prob']:.3f}) on {out['image']}:")
+        for m in out["methods"]:
+            rho = ", ".join(f"{r:.2f}" for r in out["correlation"][m])
+            print(f"  {m:<12} deletion area {out['areas'][m]:.3f}  rank correlation as the model is randomized: {rho}")
+        print(f"  {'random':<12} deletion area {out['areas']['random']:.3f}")
     elif cmd == "layers":
         print(f"{out['model']}, input {out['input_size'][0]}x{out['input_size'][1]}:")
         for l in out["layers"]:
@@ -309,6 +296,11 @@ def _print_human(cmd: str, out: dict) -> None:
               f"jump {out['jump']}, box {out['box']} (inside the image {out['box_clipped']})")
         if out["erf_box50"]:
             print(f"  effective field: 50% of its mass in {out['erf_box50']}, 90% in {out['erf_box90']}")
+    elif cmd == "sweep":
+        smallest = "none" if out["smallest"] is None else f"{out['smallest']:g}/255"
+        print(f"{out['model']} on {out['image']}: the smallest budget that changes the decision: {smallest}")
+        for b, p, ok in zip(out["budgets"], out["p_label"], out["success"]):
+            print(f"  {b:6g}/255  p(original) {p:7.2%}  {'changed' if ok else ''}")
     elif cmd == "attack":
         o, a = out["original"], out["adversarial"]
         png = "" if out["png_success"] is None else f"; the PNG {'still fools it' if out['png_success'] else 'does not'}"
@@ -356,6 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--contrast", help="explain target rather than this class (logit difference)")
     sp.add_argument("--out", help="write the map over the image as PNG")
     sp.add_argument("--npy", help="write the map [H, W] (input resolution, float32) as .npy")
+    from .trust import DEFAULT_METHODS, trust_methods
+
+    sp = add("trust", cmd_trust, "Does a saliency map explain the model? Model randomization and deletion checks.")
+    sp.add_argument("image")
+    sp.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                    help=f"comma-separated, from {','.join(trust_methods())} (default: %(default)s)")
+    sp.add_argument("--target", help="class index or name (default: the top-1 class)")
+    sp.add_argument("--steps", type=int, default=6, help="randomization steps after the trained model (default 6)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the random weights and the random order")
     from .limits import TRANSFORMS
 
     sp = add("limits", cmd_limits, "Where CNNs break: sweep one transform, find the smallest change that flips the label.")
@@ -390,17 +391,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--image", help="an image: adds the effective field's 50%% and 90%% mass boxes")
     sp.add_argument("--out", help="write the boxes (and effective field) over the image as PNG")
     sp.add_argument("--all", action="store_true", help="list every layer's field size, jump and start")
+    from .adversarial import ATTACKS
+
+    def attack_args(sp, single: bool) -> None:
+        sp.add_argument("image")
+        sp.add_argument("--method", choices=list(ATTACKS), default="pgd")
+        if single:
+            sp.add_argument("--eps", type=float, default=2.0, help="L-infinity budget in 1/255 units (default 2)")
+        else:
+            sp.add_argument("--budgets", help="budgets in 1/255 units: LIST (1,2,4,8) or START:STOP:STEP, STOP "
+                                              "included (default 1:16:1)")
+        sp.add_argument("--steps", type=int, default=10, help="PGD steps (default 10; FGSM takes one)")
+        sp.add_argument("--step-size", type=float, help="PGD step in 1/255 units (default 2.5 * eps / steps)")
+        sp.add_argument("--target", help="class index or name to reach (default: untargeted, away from the top-1)")
+        sp.add_argument("--random-start", action="store_true", help="PGD from a random point of the budget")
+        sp.add_argument("--seed", type=int, default=0, help="seed of the random start (default 0)")
+
     sp = add("attack", cmd_attack, "Adversarial perturbation (FGSM or PGD) of an image, in 1/255 pixel units.")
-    sp.add_argument("image")
-    sp.add_argument("--method", choices=("fgsm", "pgd"), default="pgd")
-    sp.add_argument("--eps", type=float, default=2.0, help="L-infinity budget in 1/255 units (default 2)")
-    sp.add_argument("--steps", type=int, default=10, help="PGD steps (default 10; FGSM takes one)")
-    sp.add_argument("--step-size", type=float, help="PGD step in 1/255 units (default 2.5 * eps / steps)")
-    sp.add_argument("--target", help="class index or name to reach (default: untargeted, away from the top-1)")
-    sp.add_argument("--random-start", action="store_true", help="PGD from a random point of the budget")
-    sp.add_argument("--seed", type=int, default=0, help="seed of the random start (default 0)")
+    attack_args(sp, single=True)
     sp.add_argument("--out", help="write the adversarial image (the network's input size) as an 8-bit PNG; "
                                   "png_success says whether the reloaded file still fools the model")
+    sp = add("sweep", cmd_sweep, "The same attack at growing budgets: the smallest one that changes the decision.")
+    attack_args(sp, single=False)
     add("models", cmd_models, "Models on offer and whether each works offline.", model=False)
     add("layers", cmd_layers, "Inspectable layers in execution order, with output shapes.")
     sp = add("download", cmd_download, "Fetch a torchvision model's weights into the local cache.", model=False)

@@ -6,24 +6,37 @@ that gradient steps favour smooth, natural-looking structure, in a decorrelated 
 space; every step draws a random jitter, scale and rotation (one affine resample) so the
 result must survive small shifts; Adam climbs the objective. Objectives: a channel's
 mean over space, the channel's centre neuron, or a class logit. Layer outputs come from
-`hooks.Recorder` (live tensors). A run takes 10-30 s and patches modules, so it works on
-`Model.private_copy()` (own modules, shared weights): other sessions using the same
-model are not kept waiting.
+`hooks.Recorder` (live tensors).
+
+One entry point, `run(model, image, spec, *, progress=None)`, for four specs:
+
+- `FeatureVisSpec`: one unit's synthetic image (`FeatureVis`), from the cache below when
+  it has it; `image` is not used.
+- `GallerySpec`: channels 0..n-1 of a layer, one `FeatureVisSpec` each (`Gallery`).
+- `NaturalSpec`: a layer's outputs on the bundled sample photos, and `image` (an upload)
+  when the spec names it (`Natural`).
+- `EvidenceSpec`: one unit on those photos: mean and best activation, and the crops of
+  the photos (their units' receptive fields, from `cnnviz.receptive`) it fires on most
+  (`Evidence`).
+
+A run takes 10-30 s and, while it lasts, hooks the model's modules and swaps the classes
+of its ReLUs: call it through the job runner (`cnnviz.jobs.run`), which runs it on
+`Model.private_copy()` (own modules, shared weights) so other sessions using the same
+model are not kept waiting and never see the swap. `run` itself makes no copy; called
+directly on a model that nobody else uses meanwhile (a test's), it is as safe, and
+leaves the model as it found it, also on error or when stopped.
 
 Same seed, same settings: the same image, bit for bit, on CPU (all randomness comes
 from one seeded `torch.Generator`). Finished results are kept in memory (bounded) and on
 disk under the user's cache directory (`$CNNVIZ_CACHE`, else `$XDG_CACHE_HOME/cnnviz`,
-else `~/.cache/cnnviz`), keyed by model, objective, layer, channel and settings.
-
-Natural evidence: the bundled samples (and uploads) at the model's input size; for each
-of the strongest units, the crop of the input it can see (its receptive field, from
-`cnnviz.receptive`).
+else `~/.cache/cnnviz`), keyed by model, objective, layer, channel and settings; a run
+that was stopped is never kept.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
-import io
 import json
 import math
 import os
@@ -31,9 +44,8 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -41,8 +53,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .contract import CnnvizError
+from . import contract, pixels
 from .activations import check_layer
+from .contract import CnnvizError, Progress
 from .hooks import Recorder, record
 from .model import Model
 
@@ -52,6 +65,9 @@ VERSION = 1
 SIZES = (32, 512)
 MAX_STEPS = 4096
 REDIRECT_STEPS = 16
+# Seconds per step at 128x128 on a laptop CPU, for "about N s" before a run.
+LAPTOP_STEP_SECONDS = 0.1
+BLANK = 235  # the grey of a gallery tile not rendered yet
 
 # Square root of the RGB covariance of the bundled sample photos (eigenvectors times
 # sqrt(eigenvalues), from `colour_sqrt()` below; column 0 flipped to be positive): the
@@ -63,17 +79,21 @@ COLOUR_SQRT = torch.tensor([
 ])
 _COLOUR = COLOUR_SQRT / COLOUR_SQRT.norm(dim=0).max()
 
-# Progress: (steps done, steps in all, preview uint8 [S, S, 3] or None) -> True to stop.
-Progress = Callable[[int, int, "np.ndarray | None"], "bool | None"]
-
 
 class FeatureVisError(CnnvizError):
     """Settings or a unit that cannot be visualized (the message says what to change)."""
 
 
+# ---------------------------------------------------------------- specs
+
 @dataclass(frozen=True)
-class Spec:
-    """What to maximize and how. `channel` is the class index for objective "class"."""
+class FeatureVisSpec(contract.Spec):
+    """What to maximize and how. `channel` is the class index for objective "class".
+
+    `cache` and `preview_every` say how it runs, not what it computes: they are left out
+    of equality, `key()` and the cache's file names. `cache=False` always optimizes and
+    keeps nothing (the CLI: its `seconds` is compute time); `preview_every`: steps
+    between two preview images handed to `progress`."""
     layer: str | None
     channel: int
     objective: str = "channel"
@@ -81,27 +101,251 @@ class Spec:
     steps: int = 256
     lr: float = 0.05
     seed: int = 0
+    cache: bool = field(default=True, compare=False, repr=False)
+    preview_every: int = field(default=16, compare=False, repr=False)
 
-    def key(self, model_id: str) -> str:
-        blob = json.dumps({"v": VERSION, "model": model_id, **asdict(self)}, sort_keys=True)
+    def passes(self, model) -> int:
+        return self.steps
+
+    def check(self, model: Model) -> "FeatureVisSpec":
+        """Validated against the model (with `layer` None for classes)."""
+        if self.objective not in OBJECTIVES:
+            raise FeatureVisError(f"Unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)}.")
+        if not SIZES[0] <= self.size <= SIZES[1]:
+            raise FeatureVisError(f"Image size {self.size} is out of range; use {SIZES[0]} to {SIZES[1]} pixels.")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise FeatureVisError(f"Steps must be 1 to {MAX_STEPS}, not {self.steps}.")
+        if not (math.isfinite(self.lr) and 0 < self.lr <= 1):
+            raise FeatureVisError(f"The learning rate must be above 0 and at most 1, not {self.lr}.")
+        if self.preview_every < 1:
+            raise FeatureVisError(f"Previews come every 1 or more steps, not {self.preview_every}.")
+        if self.objective == "class":
+            n = len(model.categories)
+            if not 0 <= self.channel < n:
+                raise FeatureVisError(f"{model.id} has classes 0 to {n - 1}; {self.channel} does not exist.")
+            return self if self.layer is None else replace(self, layer=None)
+        if not self.layer:
+            raise FeatureVisError("Name a layer (see `python -m cnnviz layers`), or use the class objective.")
+        check_layer(model, self.layer)
+        channels = _channels(model, self.layer)
+        if not 0 <= self.channel < channels:
+            raise FeatureVisError(f"{self.layer} has channels 0 to {channels - 1}; {self.channel} does not exist.")
+        return self
+
+    def digest(self, model_id: str) -> str:
+        """The cache's name for this unit and these settings on `model_id` (file names)."""
+        params = {k: getattr(self, k) for k in ("layer", "channel", "objective", "size", "steps", "lr", "seed")}
+        blob = json.dumps({"v": VERSION, "model": model_id, **params}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
+    def estimate_seconds(self) -> float:
+        """About how long a run takes on a laptop CPU."""
+        return self.steps * LAPTOP_STEP_SECONDS * (self.size / 128) ** 2
+
+
+def _channels(model: Model, layer: str) -> int:
+    return {l.name: l.shape[0] for l in model.layers}[layer]
+
+
+@dataclass(frozen=True)
+class GallerySpec(contract.Spec):
+    """Channels 0..n-1 of `layer`, each a `FeatureVisSpec` with these settings (each
+    cached like one); `n` is capped at the layer's channel count."""
+    layer: str
+    n: int = 8
+    objective: str = "channel"
+    size: int = 128
+    steps: int = 256
+    lr: float = 0.05
+    seed: int = 0
+    cache: bool = field(default=True, compare=False, repr=False)
+    preview_every: int = field(default=16, compare=False, repr=False)
+
+    def unit(self, channel: int) -> FeatureVisSpec:
+        return FeatureVisSpec(self.layer, channel, self.objective, self.size, self.steps, self.lr, self.seed,
+                              cache=self.cache, preview_every=self.preview_every)
+
+    def units(self) -> list[FeatureVisSpec]:
+        return [self.unit(c) for c in range(self.n)]
+
+    def passes(self, model) -> int:
+        return self.n * self.steps
+
+    def check(self, model: Model) -> "GallerySpec":
+        first = self.unit(0).check(model)
+        if first.objective == "class":
+            raise FeatureVisError("The gallery walks the channels of a layer; pick the channel or neuron objective.")
+        n = max(1, min(self.n, _channels(model, first.layer)))
+        return self if n == self.n else replace(self, n=n)
+
+    def estimate_seconds(self, channels: int | None = None) -> float:
+        """About how long `channels` of them (default: all) take on a laptop CPU."""
+        count = self.n if channels is None else channels
+        return count * self.steps * LAPTOP_STEP_SECONDS * (self.size / 128) ** 2
+
+
+@dataclass(frozen=True)
+class NaturalSpec(contract.Spec):
+    """`layer`'s outputs (None: only the logits) on the bundled sample photos at the
+    model's input size, plus the run's `image` under the name `upload` when one is given
+    ("" = the samples alone; the image is then not used). Recorded `batch` photos a pass."""
+    layer: str | None
+    upload: str = ""
+    batch: int = 8
+
+    def passes(self, model) -> int:
+        return -(-(len(_sample_paths()) + bool(self.upload)) // self.batch)
+
+    def check(self, model: Model) -> "NaturalSpec":
+        if self.layer is not None:
+            check_layer(model, self.layer)
+        if self.batch < 1:
+            raise FeatureVisError(f"A batch holds 1 or more images, not {self.batch}.")
+        return self
+
+
+@dataclass(frozen=True)
+class EvidenceSpec(contract.Spec):
+    """One unit (as in `FeatureVisSpec`) on the photos of `NaturalSpec(layer, upload)`:
+    the `k` strongest units of its channel with their receptive-field crops (at most
+    `per_image` from one photo), or for a class logit the `best` photos whole."""
+    layer: str | None
+    channel: int
+    objective: str = "channel"
+    upload: str = ""
+    k: int = 8
+    per_image: int = 2
+    best: int = 4
+
+    @classmethod
+    def of(cls, unit: FeatureVisSpec, upload: str = "", **kw) -> "EvidenceSpec":
+        return cls(unit.layer, unit.channel, unit.objective, upload, **kw)
+
+    def natural(self) -> NaturalSpec:
+        return NaturalSpec(self.layer if self.objective != "class" else None, self.upload)
+
+    def passes(self, model) -> int:
+        return self.natural().passes(model)
+
+    def check(self, model: Model) -> "EvidenceSpec":
+        unit = FeatureVisSpec(self.layer, self.channel, self.objective).check(model)
+        if self.k < 0 or self.per_image < 1 or self.best < 0:
+            raise FeatureVisError("Evidence needs k >= 0 crops, per_image >= 1 and best >= 0 photos.")
+        return self if unit.layer == self.layer else replace(self, layer=unit.layer)
+
+
+# ---------------------------------------------------------------- results
 
 @dataclass
-class Result:
-    spec: Spec
-    model_id: str
+class FeatureVis(contract.Result):
+    """One unit's synthetic image. `natural_mean` / `natural_max` (the sample photos'
+    level, from `Natural.stats`) are filled in by whoever also recorded them (the CLI)."""
+    spec: FeatureVisSpec
     image: np.ndarray  # uint8 [S, S, 3], the untransformed image
     curve: np.ndarray  # float32 [steps done]: the objective on each step's transformed image
     activation_start: float  # the objective on the plain image before the first step ...
     activation_end: float  # ... and after the last (channel: mean over space)
-    seconds: float  # optimization time
-    stopped: bool = False
     cached: str = ""  # "", "memory" or "disk": where this copy came from
+    natural_mean: float | None = None
+    natural_max: float | None = None
 
     @property
     def steps_done(self) -> int:
         return len(self.curve)
+
+    def to_dict(self) -> dict:
+        s = self.spec
+        return {"model": self.model, "layer": s.layer, "channel": s.channel, "steps": s.steps, "size": s.size,
+                "activation_start": float(self.activation_start), "activation_end": float(self.activation_end),
+                "natural_mean": self.natural_mean, "natural_max": self.natural_max, "seconds": self.seconds}
+
+
+@dataclass
+class Gallery(contract.Result):
+    spec: GallerySpec
+    units: list[FeatureVis]
+
+    @property
+    def image(self) -> np.ndarray:
+        """The channels in a grid on white, row by row (uint8)."""
+        return gallery_image([u.image for u in self.units], self.spec.size)
+
+    def to_dict(self) -> dict:
+        s = self.spec
+        return {"model": self.model, "layer": s.layer, "objective": s.objective, "n": s.n, "steps": s.steps,
+                "size": s.size, "activation_start": [float(u.activation_start) for u in self.units],
+                "activation_end": [float(u.activation_end) for u in self.units], "seconds": self.seconds}
+
+
+@dataclass
+class Natural(contract.Result):
+    """One layer's outputs on a set of images at the model's input size."""
+    names: list[str]
+    pixels: np.ndarray  # uint8 [N, H, W, 3]: what the network saw
+    maps: np.ndarray | None  # float32 [N, C, h, w] (None for the class objective)
+    logits: np.ndarray  # float32 [N, classes]
+    layer: str | None = None
+
+    def values(self, spec) -> np.ndarray:
+        """The objective of `spec` (a unit: objective, channel) per image (channel: mean
+        over space), float64 [N]."""
+        if spec.objective == "class":
+            return self.logits[:, spec.channel].astype(np.float64)
+        m = self.maps[:, spec.channel]
+        if spec.objective == "neuron":
+            return m[:, m.shape[1] // 2, m.shape[2] // 2].astype(np.float64)
+        return m.mean((1, 2), dtype=np.float64)
+
+    def stats(self, spec) -> tuple[float, float]:
+        """(mean, max) of `spec`'s objective over the images."""
+        v = self.values(spec)
+        return float(v.mean()), float(v.max())
+
+
+@dataclass(frozen=True)
+class Crop:
+    source: str  # image name
+    value: float  # the unit's activation
+    unit: tuple[int, int] | None  # (row, col) in the layer's map; None: the whole photo (class logit)
+    box: tuple[int, int, int, int]  # (top, left, bottom, right) in input pixels, clipped to the image
+    pixels: np.ndarray = field(repr=False)  # uint8 [h, w, 3]
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "value": self.value, "unit": None if self.unit is None else list(self.unit),
+                "box": list(self.box)}
+
+
+@dataclass
+class Evidence(contract.Result):
+    layer: str | None
+    channel: int
+    objective: str
+    images: int  # how many photos
+    size: tuple[int, int]  # (H, W) the network saw them at
+    natural_mean: float
+    natural_max: float
+    crops: list[Crop]  # strongest first
+
+
+# ---------------------------------------------------------------- the entry point
+
+def run(model: Model, image, spec: contract.Spec, *, progress: Progress | None = None):
+    """Run `spec` (a `FeatureVisSpec`, `GallerySpec`, `NaturalSpec` or `EvidenceSpec`) on
+    `model`. Call it through `cnnviz.jobs.run` wherever others may use the model (see the
+    module's docstring). `progress(fraction, text, preview)`: `text` is "Step s of n" and
+    `preview` now and then the image so far (uint8 [S, S, 3]; a gallery: its whole grid);
+    `progress.stop()` makes the job raise `Cancelled` within one step or batch."""
+    progress = Progress.of(progress)
+    spec = spec.check(model)
+    if isinstance(spec, FeatureVisSpec):
+        return _visualize(model, spec, progress)
+    if isinstance(spec, GallerySpec):
+        return _gallery(model, spec, progress)
+    if isinstance(spec, NaturalSpec):
+        return _natural(model, image, spec, progress)
+    if isinstance(spec, EvidenceSpec):
+        return _evidence(model, image, spec, progress)
+    raise TypeError(f"featurevis.run does not take a {type(spec).__name__}")
 
 
 def colour_sqrt(images: list[Image.Image]) -> np.ndarray:
@@ -115,32 +359,6 @@ def colour_sqrt(images: list[Image.Image]) -> np.ndarray:
     u, s, _ = np.linalg.svd(np.cov((x - x.mean(0)).T))
     m = u * np.sqrt(s)
     return m * np.sign(m[0])  # a fixed sign per column
-
-
-# ---------------------------------------------------------------- checks
-
-def check(model: Model, spec: Spec) -> Spec:
-    """Validate `spec` against the model; returns it (with `layer` None for classes)."""
-    if spec.objective not in OBJECTIVES:
-        raise FeatureVisError(f"Unknown objective {spec.objective!r}; use one of {', '.join(OBJECTIVES)}.")
-    if not SIZES[0] <= spec.size <= SIZES[1]:
-        raise FeatureVisError(f"Image size {spec.size} is out of range; use {SIZES[0]} to {SIZES[1]} pixels.")
-    if not 1 <= spec.steps <= MAX_STEPS:
-        raise FeatureVisError(f"Steps must be 1 to {MAX_STEPS}, not {spec.steps}.")
-    if not (math.isfinite(spec.lr) and 0 < spec.lr <= 1):
-        raise FeatureVisError(f"The learning rate must be above 0 and at most 1, not {spec.lr}.")
-    if spec.objective == "class":
-        n = len(model.categories)
-        if not 0 <= spec.channel < n:
-            raise FeatureVisError(f"{model.id} has classes 0 to {n - 1}; {spec.channel} does not exist.")
-        return Spec(None, spec.channel, "class", spec.size, spec.steps, spec.lr, spec.seed)
-    if not spec.layer:
-        raise FeatureVisError("Name a layer (see `python -m cnnviz layers`), or use the class objective.")
-    check_layer(model, spec.layer)
-    channels = {l.name: l.shape[0] for l in model.layers}[spec.layer]
-    if not 0 <= spec.channel < channels:
-        raise FeatureVisError(f"{spec.layer} has channels 0 to {channels - 1}; {spec.channel} does not exist.")
-    return spec
 
 
 # ---------------------------------------------------------------- parameterization
@@ -180,14 +398,9 @@ def _augment(img: torch.Tensor, gen: torch.Generator, jitter: float = 8, zoom: f
     return F.grid_sample(img, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """[1, 3, H, W] in [0, 1] -> uint8 [H, W, 3]."""
-    return (img[0].detach().permute(1, 2, 0).clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
-
-
 # ---------------------------------------------------------------- objective
 
-def _objective(spec: Spec, rec: Recorder, logits: torch.Tensor) -> torch.Tensor:
+def _objective(spec: FeatureVisSpec, rec: Recorder, logits: torch.Tensor) -> torch.Tensor:
     """The objective per batch item [B]."""
     if spec.objective == "class":
         return logits[:, spec.channel]
@@ -231,22 +444,23 @@ def _patched(model: Model, redirect: dict, stop_after: str | None, rec: Recorder
     """For one optimization: ReLU/ReLU6 modules redirect their gradients while
     `redirect["on"]`, and the module of `stop_after` raises `_Stop` once that call is
     recorded. Done by swapping each module's class for a subclass in place (names, hooks
-    and outputs stay the same); the classes are restored after, also on error."""
+    and outputs stay the same); the classes are restored after, also on error. Every
+    pass through these modules sees the swap while it lasts: `model` must be one nobody
+    else runs meanwhile (the job runner's private copy, or a test's own model)."""
     target = model.layer_modules.get(stop_after.split("#")[0]) if stop_after else None
     swapped = []
-    with model.lock:
-        try:
-            for m in model.net.modules():
-                relu = type(m) in (nn.ReLU, nn.ReLU6)
-                if relu or m is target:
-                    base = type(m)
-                    m.__class__ = _subclass(base, redirect if relu else None,
-                                            (lambda: stop_after in rec.outputs) if m is target else None)
-                    swapped.append((m, base))
-            yield
-        finally:
-            for m, base in swapped:
-                m.__class__ = base
+    try:
+        for m in model.net.modules():
+            relu = type(m) in (nn.ReLU, nn.ReLU6)
+            if relu or m is target:
+                base = type(m)
+                m.__class__ = _subclass(base, redirect if relu else None,
+                                        (lambda: stop_after in rec.outputs) if m is target else None)
+                swapped.append((m, base))
+        yield
+    finally:
+        for m, base in swapped:
+            m.__class__ = base
 
 
 def _subclass(base: type, redirect: dict | None, stop) -> type:
@@ -267,7 +481,7 @@ def _subclass(base: type, redirect: dict | None, stop) -> type:
     return type(base.__name__, (base,), ns)
 
 
-def measure(model: Model, spec: Spec, pixels: torch.Tensor) -> np.ndarray:
+def measure(model: Model, spec: FeatureVisSpec, pixels: torch.Tensor) -> np.ndarray:
     """The objective on plain [B, 3, H, W] pixel images (no augmentation), float64 [B]."""
     with Recorder(model, [spec.layer] if spec.layer else [], detach=False) as rec, torch.no_grad():
         logits = model.pixel_net(pixels)
@@ -282,17 +496,17 @@ def _forward(model: Model, x: torch.Tensor) -> torch.Tensor | None:
         return None
 
 
-def optimize(model: Model, spec: Spec, progress: Progress | None = None, preview_every: int = 16) -> Result:
-    """Run activation maximization for `spec` (no caching; see `visualize`)."""
-    spec = check(model, spec)
+def optimize(model: Model, spec: FeatureVisSpec, progress: Progress | None = None) -> FeatureVis:
+    """Activation maximization for `spec` on `model` itself: the uncached core of `run`
+    (which see, for who may call it on which model). `seconds` is the steps' time."""
+    progress = Progress.of(progress)
+    spec = spec.check(model)
     gen = torch.Generator().manual_seed(spec.seed)
     coeffs = _init(spec.size, gen).requires_grad_(True)
     scale = _freq_scale(spec.size, spec.size)
     opt = torch.optim.Adam([coeffs], lr=spec.lr)
     curve: list[float] = []
-    stopped = False
     redirect = {"on": False}
-    model = model.private_copy()
     with Recorder(model, [spec.layer] if spec.layer else [], detach=False) as rec, \
             _patched(model, redirect, spec.layer, rec):
         with torch.no_grad():
@@ -303,6 +517,7 @@ def optimize(model: Model, spec: Spec, progress: Progress | None = None, preview
         # moved (they cost ~30% more per pass, so not for the whole run).
         redirect["on"] = True
         for step in range(1, spec.steps + 1):
+            progress.check()  # a stop asked between two reports: not one more pass
             if redirect["on"] and step > REDIRECT_STEPS and max(curve) > curve[0]:
                 redirect["on"] = False
             rec.reset()
@@ -311,18 +526,16 @@ def optimize(model: Model, spec: Spec, progress: Progress | None = None, preview
             coeffs.grad, = torch.autograd.grad(-obj, coeffs)  # never into the (shared) weights
             opt.step()
             curve.append(float(obj.detach()))
-            if progress is not None:
-                show = step % preview_every == 0 or step == spec.steps
-                if progress(step, spec.steps, to_uint8(img) if show else None):
-                    stopped = step < spec.steps
-                    break
+            show = step % spec.preview_every == 0 or step == spec.steps
+            progress(step / spec.steps, f"Step {step} of {spec.steps}", pixels.to_uint8(img) if show else None)
         seconds = time.perf_counter() - t0
         rec.reset()
         redirect["on"] = False
         with torch.no_grad():
             final = _pixels(coeffs, scale)
             end = float(_objective(spec, rec, _forward(model, final))[0])
-    return Result(spec, model.id, to_uint8(final), np.asarray(curve, np.float32), start, end, seconds, stopped)
+    return FeatureVis(spec, pixels.to_uint8(final), np.asarray(curve, np.float32), start, end,
+                      model=model.id, seconds=seconds)
 
 
 # ---------------------------------------------------------------- caches
@@ -352,7 +565,9 @@ class _Memo:
             self._d.clear()
 
 
-MEMORY = _Memo()
+MEMORY = _Memo()  # finished synthetic images
+NATURAL = _Memo(8)  # the sample photos' recordings, one per layer (and upload): ~4-15 MB each
+_FIELDS = _Memo(8)  # receptive fields per network and input size
 
 
 def cache_dir() -> Path:
@@ -369,12 +584,14 @@ def _disk_ok(model: Model) -> bool:
     return not model.id.endswith("@random")
 
 
-def _memo_key(model: Model, spec: Spec):
-    return (spec.key(model.id), id(model.net) if not _disk_ok(model) else None)
+def _memo_key(model: Model, spec: FeatureVisSpec):
+    # A random-init model's results are kept for that loaded model only; `shared` is the
+    # one object a model and its private copies (the runner's) have in common.
+    return (spec.digest(model.id), id(model.shared) if not _disk_ok(model) else None)
 
 
-def _read_disk(model: Model, spec: Spec) -> Result | None:
-    path = cache_dir() / f"{spec.key(model.id)}.npz"
+def _read_disk(model: Model, spec: FeatureVisSpec) -> FeatureVis | None:
+    path = cache_dir() / f"{spec.digest(model.id)}.npz"
     try:
         with np.load(path, allow_pickle=False) as z:
             image, curve, nums = z["image"], z["curve"], z["nums"]
@@ -382,10 +599,10 @@ def _read_disk(model: Model, spec: Spec) -> Result | None:
         return None
     if image.shape != (spec.size, spec.size, 3) or image.dtype != np.uint8 or len(curve) != spec.steps:
         return None
-    return Result(spec, model.id, image, curve, float(nums[0]), float(nums[1]), float(nums[2]))
+    return FeatureVis(spec, image, curve, float(nums[0]), float(nums[1]), model=model.id, seconds=float(nums[2]))
 
 
-def _write_disk(result: Result) -> None:
+def _write_disk(result: FeatureVis) -> None:
     d = cache_dir()
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -393,15 +610,15 @@ def _write_disk(result: Result) -> None:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, image=result.image, curve=result.curve,
                      nums=np.array([result.activation_start, result.activation_end, result.seconds]))
-        os.replace(tmp, d / f"{result.spec.key(result.model_id)}.npz")
+        os.replace(tmp, d / f"{result.spec.digest(result.model)}.npz")
     except OSError:  # a read-only or full disk only costs the cache
         with contextlib.suppress(OSError, UnboundLocalError):
             os.remove(tmp)
 
 
-def cached(model: Model, spec: Spec) -> Result | None:
+def cached(model: Model, spec: FeatureVisSpec) -> FeatureVis | None:
     """A finished result for `spec` from memory or disk, without computing."""
-    spec = check(model, spec)
+    spec = spec.check(model)
     hit = MEMORY.get(_memo_key(model, spec))
     if hit is not None:
         return _copy(hit, "memory")
@@ -414,105 +631,100 @@ def cached(model: Model, spec: Spec) -> Result | None:
     return None
 
 
-def visualize(model: Model, spec: Spec, progress: Progress | None = None, preview_every: int = 16,
-              cache: bool = True) -> Result:
+def _visualize(model: Model, spec: FeatureVisSpec, progress: Progress) -> FeatureVis:
     """The cached result for `spec`, else optimize; a finished run is cached."""
-    if cache and (hit := cached(model, spec)) is not None:
-        if progress is not None:
-            progress(hit.spec.steps, hit.spec.steps, hit.image)
+    if spec.cache and (hit := cached(model, spec)) is not None:
+        progress(1.0, f"Step {spec.steps} of {spec.steps}", hit.image)
         return hit
-    result = optimize(model, spec, progress, preview_every)
-    if cache and not result.stopped:
+    result = optimize(model, spec, progress)  # raises Cancelled when stopped: nothing is kept
+    if spec.cache:
         _freeze(result)
-        MEMORY.put(_memo_key(model, result.spec), result)
+        MEMORY.put(_memo_key(model, spec), _copy(result, ""))  # the runner sets the caller's copy's seconds
         if _disk_ok(model):
             _write_disk(result)
     return result
 
 
-def _freeze(r: Result) -> None:
+def _freeze(r: FeatureVis) -> None:
     r.image.flags.writeable = False
     r.curve.flags.writeable = False
 
 
-def _copy(r: Result, where: str) -> Result:
-    return Result(r.spec, r.model_id, r.image, r.curve, r.activation_start, r.activation_end, r.seconds,
-                  r.stopped, where)
+def _copy(r: FeatureVis, where: str) -> FeatureVis:
+    return replace(r, cached=where)
 
 
 # ---------------------------------------------------------------- gallery
 
-def gallery(model: Model, spec: Spec, n: int, progress: Progress | None = None,
-            preview_every: int = 16) -> list[Result]:
-    """Channels 0..n-1 of `spec.layer` with `spec`'s settings (each cached like one).
-    `progress` counts steps over the whole gallery; returning True stops it."""
-    spec = check(model, spec)
-    if spec.objective == "class":
-        raise FeatureVisError("The gallery walks the channels of a layer; pick the channel or neuron objective.")
-    channels = {l.name: l.shape[0] for l in model.layers}[spec.layer]
-    n = max(1, min(n, channels))
-    results: list[Result] = []
-    total = n * spec.steps
-    for c in range(n):
-        one = Spec(spec.layer, c, spec.objective, spec.size, spec.steps, spec.lr, spec.seed)
-        stop = [False]
-
-        def inner(step, steps, preview, base=c * spec.steps):
-            stop[0] = bool(progress(base + step, total, preview)) if progress else False
-            return stop[0]
-
-        r = visualize(model, one, inner, preview_every)
-        results.append(r)
-        if stop[0] or r.stopped:
-            break
-    return results
+def cached_gallery(model: Model, spec: GallerySpec) -> list[FeatureVis | None]:
+    """Each channel's finished result from memory or disk (None where not rendered yet)."""
+    spec = spec.check(model)
+    return [cached(model, u) for u in spec.units()]
 
 
-def grid_image(images: list[np.ndarray], cols: int | None = None, gap: int = 4) -> np.ndarray:
-    """Equal-sized uint8 [S, S, 3] images in a grid on white, row by row."""
-    if not images:
-        raise FeatureVisError("Nothing to lay out.")
-    n, (h, w, _) = len(images), images[0].shape
-    cols = cols or int(math.ceil(math.sqrt(n)))
-    rows = int(math.ceil(n / cols))
-    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, np.uint8)
-    for k, im in enumerate(images):
-        r, q = divmod(k, cols)
-        out[r * (h + gap): r * (h + gap) + h, q * (w + gap): q * (w + gap) + w] = im
-    return out
+def gallery_image(images: list[np.ndarray | None], size: int, cols: int | None = None, gap: int = 4) -> np.ndarray:
+    """Equal-sized uint8 [S, S, 3] images in a grid on white, row by row; a None (not
+    rendered yet) is a grey tile."""
+    blank = np.full((size, size, 3), BLANK, np.uint8)
+    return pixels.grid([blank if im is None else im for im in images], cols, gap)
+
+
+def _gallery(model: Model, spec: GallerySpec, progress: Progress) -> Gallery:
+    """Channel after channel, each cached like one; `progress` counts the steps of the
+    whole gallery and its preview is the gallery's grid."""
+    n, steps = spec.n, spec.steps
+    tiles = [r.image if r is not None else None for r in cached_gallery(model, spec)] if spec.cache else [None] * n
+    units = []
+    for c, unit in enumerate(spec.units()):
+        def report(fraction, _text, preview, c=c):
+            if preview is not None:
+                tiles[c] = preview
+            progress((c + fraction) / n, f"Channel {c} of {n}: step {round(fraction * steps)} of {steps}",
+                     gallery_image(tiles, spec.size) if preview is not None else None)
+
+        units.append(_visualize(model, unit, _Within(progress, report)))
+    return Gallery(spec, units, model=model.id)
+
+
+class _Within(Progress):
+    """One channel's progress inside the gallery's own: stopping the gallery stops it
+    before its next step."""
+
+    def __init__(self, outer: Progress, report):
+        super().__init__(report)
+        self._outer = outer
+
+    def check(self) -> None:
+        self._outer.check()
+        super().check()
 
 
 # ---------------------------------------------------------------- natural evidence
 
-@dataclass(frozen=True)
-class Crop:
-    source: str  # image name
-    value: float  # the unit's activation
-    unit: tuple[int, int]  # (row, col) in the layer's map
-    box: tuple[int, int, int, int]  # (top, left, bottom, right) in input pixels, clipped to the image
-    pixels: np.ndarray = field(repr=False)  # uint8 [h, w, 3]
+@functools.lru_cache(maxsize=1)
+def _sample_paths() -> tuple:
+    from .samples import sample_paths
+
+    return tuple(sample_paths().items())
 
 
-@dataclass
-class Natural:
-    """One layer's outputs on a set of images at the model's input size."""
-    names: list[str]
-    pixels: np.ndarray  # uint8 [N, H, W, 3]: what the network saw
-    maps: np.ndarray | None  # float32 [N, C, h, w] (None for the class objective)
-    logits: np.ndarray  # float32 [N, classes]
+@functools.lru_cache(maxsize=1)
+def _samples() -> tuple:
+    from .images import load_image
 
-    def values(self, spec: Spec) -> np.ndarray:
-        """The objective per image (channel: mean over space), float64 [N]."""
-        if spec.objective == "class":
-            return self.logits[:, spec.channel].astype(np.float64)
-        m = self.maps[:, spec.channel]
-        if spec.objective == "neuron":
-            return m[:, m.shape[1] // 2, m.shape[2] // 2].astype(np.float64)
-        return m.mean((1, 2), dtype=np.float64)
+    return tuple((name, load_image(path)) for name, path in _sample_paths())
 
 
-def natural(model: Model, layer: str | None, images: dict[str, Image.Image], batch: int = 8) -> Natural:
-    """Record `layer` (or only the logits) on each image, centre-cropped to the input size."""
+def sample_images() -> dict[str, Image.Image]:
+    """The bundled sample photos by name (decoded once; shared: treat as read-only)."""
+    return dict(_samples())
+
+
+def natural(model: Model, layer: str | None, images: dict[str, Image.Image], batch: int = 8,
+            progress: Progress | None = None) -> Natural:
+    """Record `layer` (or only the logits) on each image, centre-cropped to the input size,
+    `batch` images a pass."""
+    progress = Progress.of(progress)
     names = list(images)
     if not names:
         raise FeatureVisError("No images to compare with.")
@@ -521,39 +733,62 @@ def natural(model: Model, layer: str | None, images: dict[str, Image.Image], bat
     px = torch.cat([model.to_pixels(images[n]) for n in names])
     maps, logits = [], []
     for i in range(0, len(names), batch):
+        progress.check()
         out, outs = record(model, model.normalize(px[i: i + batch]), [layer] if layer else [])
         logits.append(out.float().numpy())
         if layer:
             maps.append(outs[layer].float().numpy())
-    pixels = (px.permute(0, 2, 3, 1).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
-    return Natural(names, pixels, np.concatenate(maps) if maps else None, np.concatenate(logits))
+        done = min(i + batch, len(names))
+        progress(done / len(names), f"{done} of {len(names)} images")
+    return Natural(names, pixels.to_uint8(px).reshape(len(names), *px.shape[2:], 3),
+                   np.concatenate(maps) if maps else None, np.concatenate(logits), layer, model=model.id)
 
 
-def sample_images() -> dict[str, Image.Image]:
-    from .images import load_image
-    from .samples import sample_paths
+def _natural(model: Model, image, spec: NaturalSpec, progress: Progress) -> Natural:
+    """`natural` over the samples (and the upload), kept for the next unit of the same
+    layer (every channel of a layer reads one recording; treat it as read-only)."""
+    images = sample_images()
+    digest = None
+    if spec.upload:
+        if image is None:
+            raise FeatureVisError(f"{spec.upload!r} joins the sample photos only with its image.")
+        x = model.to_pixels(image)
+        images[spec.upload] = x
+        digest = hashlib.blake2b(x.numpy().tobytes(), digest_size=12).hexdigest()
+    key = (model.fingerprint, spec.layer, spec.upload, digest, spec.batch)
+    hit = NATURAL.get(key)
+    if hit is None:
+        hit = natural(model, spec.layer, images, spec.batch, progress)
+        for a in (hit.pixels, hit.maps, hit.logits):
+            if a is not None:
+                a.flags.writeable = False
+        NATURAL.put(key, hit)
+    return replace(hit)  # the runner fills in the copy's seconds
 
-    return {name: load_image(path) for name, path in sample_paths().items()}
+
+def _receptive_field(model: Model, layer: str, size: tuple[int, int]):
+    from .receptive import fields
+
+    key = (model.fingerprint, tuple(size))
+    found = _FIELDS.get(key)
+    if found is None:
+        found = fields(model, tuple(size))
+        _FIELDS.put(key, found)
+    return found.get(layer)
 
 
-def natural_stats(model: Model, spec: Spec, nat: Natural) -> tuple[float, float]:
-    """(mean, max) of the objective over the images."""
-    v = nat.values(check(model, spec))
-    return float(v.mean()), float(v.max())
-
-
-def evidence(model: Model, spec: Spec, nat: Natural, k: int = 8, per_image: int = 2) -> list[Crop]:
+def evidence(model: Model, spec, nat: Natural, k: int = 8, per_image: int = 2) -> list[Crop]:
     """The `k` units of `spec`'s channel that fire most across the images (at most
     `per_image` from one image, not overlapping much), each with the input crop its
     receptive field covers, strongest first."""
-    spec = check(model, spec)
+    spec = spec.check(model)
     if spec.objective == "class":
         raise FeatureVisError("A class logit sees the whole image; natural crops are for channels of a layer.")
-    from .receptive import clip, fields
+    from .receptive import clip
 
     fmap = nat.maps[:, spec.channel]  # [N, h, w]
     H, W = nat.pixels.shape[1:3]
-    field_ = fields(model, (H, W)).get(spec.layer)
+    field_ = _receptive_field(model, spec.layer, (H, W))
     if field_ is None:
         raise FeatureVisError(f"No receptive field is known for {spec.layer}.")
     found: list[Crop] = []
@@ -574,14 +809,22 @@ def evidence(model: Model, spec: Spec, nat: Natural, k: int = 8, per_image: int 
     return found[:k]
 
 
+def _evidence(model: Model, image, spec: EvidenceSpec, progress: Progress) -> Evidence:
+    nat = _natural(model, image, spec.natural(), progress)
+    mean, best = nat.stats(spec)
+    H, W = nat.pixels.shape[1:3]
+    if spec.objective == "class":  # a logit sees the whole photo: the best photos, whole
+        values = nat.values(spec)
+        crops = [Crop(nat.names[n], float(values[n]), None, (0, 0, H, W), nat.pixels[n].copy())
+                 for n in np.argsort(-values)[:spec.best]]
+    else:
+        crops = evidence(model, spec, nat, spec.k, spec.per_image) if spec.k else []
+    return Evidence(spec.layer, spec.channel, spec.objective, len(nat.names), (H, W), mean, best, crops,
+                    model=model.id)
+
+
 def _iou(a, b) -> float:
     t, l, bt, r = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
     inter = max(0, bt - t) * max(0, r - l)
     area = lambda x: (x[2] - x[0]) * (x[3] - x[1])  # noqa: E731
     return inter / max(area(a) + area(b) - inter, 1)
-
-
-def png_bytes(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, "PNG")
-    return buf.getvalue()

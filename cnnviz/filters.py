@@ -4,23 +4,40 @@ A first layer sees RGB pixels, so each filter is itself a small colour image (Al
 edges and colour blobs). Deeper filters span many input channels that are not colours:
 one filter is shown as one grey tile per input channel. A depthwise filter acts on a
 single channel, so a depthwise layer is one grey tile per channel.
-Pure functions: weights in, uint8 tile images and small records out.
+The analysis is `run(model, None, FiltersSpec(layer, ...))` (weights only: no image, no
+pass) -> `FilterTiles`; below it, pure functions: weights in, uint8 tile images and small
+records out.
 """
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from torch import nn
 
-from .contract import CnnvizError
+from . import contract, pixels
 from .activations import GAP_RGB, Grid, mosaic
+from .contract import CnnvizError, NotFound, closest
 from .model import Model
+
+ORDERS = ("norm", "index")
 
 
 class FilterError(CnnvizError):
     """A layer without convolution weights (the message names what to pick instead)."""
+
+
+class NotAConvolution(FilterError, NotFound):
+    """A layer name that is not a 2-D convolution of the model (a `NotFound`: `candidates`
+    are the closest convolutions)."""
+
+    def __init__(self, layer: str, model_id: str, convs: list[str]):
+        self.name = layer
+        self.candidates = closest(layer, convs)
+        hint = (f" Closest: {', '.join(self.candidates)}." if self.candidates
+                else f" The first is {convs[0]}." if convs else "")
+        CnnvizError.__init__(self, f"{layer!r} is not a convolution layer of {model_id}, so it has no filters "
+                                   f"to show.{hint}")
 
 
 @dataclass(frozen=True)
@@ -51,10 +68,7 @@ def of(model: Model, layer: str) -> Filters:
     """The weights of conv `layer`, and how to draw them."""
     m = model.layer_modules.get(layer)
     if not isinstance(m, nn.Conv2d):
-        names = conv_layers(model)
-        close = difflib.get_close_matches(layer, names, n=5, cutoff=0.4)
-        hint = f" Closest: {', '.join(close)}." if close else f" The first is {names[0]}." if names else ""
-        raise FilterError(f"{layer!r} is not a convolution layer of {model.id}, so it has no filters to show.{hint}")
+        raise NotAConvolution(layer, model.id, conv_layers(model))
     w = m.weight.detach().float().cpu().numpy()
     if m.groups > 1 and w.shape[1] == 1:
         kind = "depthwise"
@@ -88,11 +102,7 @@ def rgb_tiles(f: Filters, order: np.ndarray | None = None, tile_px: int = 48) ->
     cols = int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
     th, tw, gap = kh * s, kw * s, max(1, s // 4)
-    out = np.empty((rows * (th + gap) - gap, cols * (tw + gap) - gap, 3), np.uint8)
-    out[:] = GAP_RGB
-    for k in range(n):
-        r, q = divmod(k, cols)
-        out[r * (th + gap): r * (th + gap) + th, q * (tw + gap): q * (tw + gap) + tw] = upscale(tiles[k], s)
+    out = pixels.grid([upscale(t, s) for t in tiles], cols, gap, fill=GAP_RGB)
     return out, Grid(rows=rows, cols=cols, tile_h=th, tile_w=tw, gap=gap, order=order)
 
 
@@ -126,3 +136,81 @@ def tiles(f: Filters, order: np.ndarray | None = None, index: int = 0) -> tuple[
     if f.kind == "depthwise":
         return depthwise_tiles(f, order)
     return filter_tiles(f, index)
+
+
+# ---------------------------------------------------------------- the analysis
+
+@dataclass(frozen=True)
+class FiltersSpec(contract.Spec):
+    """A convolution's filters as a picture: tiles in `sort` order ("norm": strongest
+    first, "index": as stored); for a layer over many channels, filter `index`'s input
+    channels (None: the strongest filter)."""
+    layer: str
+    sort: str = "norm"
+    index: int | None = None
+
+    def passes(self, model) -> int:
+        return 0  # the weights alone
+
+    def check(self, model: Model) -> "FiltersSpec":
+        if self.sort not in ORDERS:
+            raise FilterError(f"Unknown order {self.sort!r}; use one of {', '.join(ORDERS)}.")
+        f = of(model, self.layer)
+        if f.kind == "channels" and self.index is not None and not 0 <= self.index < len(f.weights):
+            raise FilterError(f"{f.layer} has filters 0 to {len(f.weights) - 1}; {self.index} does not exist.")
+        return self
+
+
+@dataclass
+class FilterTiles(contract.Result):
+    """A layer's filters, its picture, and a hover text per tile."""
+    filters: Filters = field(repr=False)
+    order: np.ndarray  # the filter shown by each tile ("rgb", "depthwise")
+    index: int  # the filter whose input channels are shown ("channels"); else the strongest
+    tiles: np.ndarray = field(repr=False)  # uint8 [H, W, 3]
+    grid: Grid = field(repr=False)
+    texts: list[str] = field(repr=False)  # one per tile, in tile order
+
+    @property
+    def layer(self) -> str:
+        return self.filters.layer
+
+    @property
+    def kind(self) -> str:
+        return self.filters.kind
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.filters.weights.shape)
+
+    @property
+    def norms(self) -> np.ndarray:
+        return self.filters.norms
+
+    def to_dict(self) -> dict:
+        """What `python -m cnnviz filters --json` prints (no "model"/"seconds": the keys it
+        always had)."""
+        return {"layer": self.layer, "shape": list(self.shape), "norms": [float(v) for v in self.norms]}
+
+
+def run(model: Model, image, spec: FiltersSpec, *, progress: contract.Progress | None = None) -> FilterTiles:
+    """`spec`'s layer's filters as tiles (weights only: `image` is not used)."""
+    progress = contract.Progress.of(progress)
+    spec = spec.check(model)
+    f = of(model, spec.layer)
+    norms = f.norms
+    order = f.order(spec.sort)
+    strongest = int(f.order("norm")[0])
+    index = strongest if spec.index is None else spec.index
+    if f.kind == "rgb":
+        rgb, grid = rgb_tiles(f, order)
+        texts = [f"filter {k}<br>norm {norms[k]:.3g}" for k in grid.order]
+    elif f.kind == "depthwise":
+        rgb, grid = depthwise_tiles(f, order)
+        texts = [f"filter {k} (on channel {k})<br>norm {norms[k]:.3g}" for k in grid.order]
+    else:
+        rgb, grid = filter_tiles(f, index)
+        w = f.weights[index]
+        texts = [f"input channel {c}<br>sum {w[c].sum():.3g}, max |w| {np.abs(w[c]).max():.3g}" for c in grid.order]
+    progress(1.0, spec.layer)
+    return FilterTiles(f, order, index, rgb, grid, texts, model=model.id)

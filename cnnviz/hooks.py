@@ -51,12 +51,17 @@ class Recorder(contextlib.AbstractContextManager):
     inspectable layers. `detach=True` stores detached views, copied only for calls
     in `model.mutated_layers` (outputs a later in-place op overwrites);
     `mutated()` names any view that changed anyway, so `record` can redo the pass.
-    `detach=False` keeps the live tensors, for gradients. Run the pass under
+    `detach=False` keeps the live tensors, for gradients; with `leaf=True` as well, each
+    recorded output that needs no gradient yet is made to need one, in place (with frozen
+    weights and an input that needs none, it is a leaf): a backward from a later score then
+    stops there, and the pass before it builds no graph at all (Grad-CAM's gradient down
+    to its layer only). Not for calls in `model.mutated_layers` (a later in-place op on a
+    leaf that needs a gradient is an error). Run the pass under
     `torch.no_grad()`, not inference mode: inference tensors have no version counter.
     After the block, `outputs` maps call names, in execution order, to tensors.
     """
 
-    def __init__(self, model, layers=None, *, detach: bool = True):
+    def __init__(self, model, layers=None, *, detach: bool = True, leaf: bool = False):
         """`model`: a `cnnviz.model.Model` or a bare `nn.Module`."""
         is_module = isinstance(model, nn.Module)
         self.net = model if is_module else model.net
@@ -77,6 +82,7 @@ class Recorder(contextlib.AbstractContextManager):
             modules = {n: all_named[n] for n in self._wanted}
         self._modules = modules
         self.detach = detach
+        self.leaf = leaf and not detach
         self.copy: set[str] = set() if is_module else model.mutated_layers
         self.outputs: dict[str, torch.Tensor] = {}
         self._versions: dict[str, int] = {}
@@ -124,6 +130,8 @@ class Recorder(contextlib.AbstractContextManager):
                 return
             cn = f"{name}#{k}" if k else name
             if not self.detach:
+                if self.leaf and not output.requires_grad:
+                    output.requires_grad_(True)
                 outputs[cn] = output
             elif cn in self.copy:
                 outputs[cn] = output.detach().clone()

@@ -6,18 +6,25 @@ Every transform is a pure function of the network's input pixels ([1, 3, H, W] i
 Multiplicative knobs (scale, brightness, contrast, gamma) take log2 units: value v
 means a factor 2**v, so 0 is the identity and +1 / -1 are symmetric.
 
-- `sweep` runs the transformed images through the network a bounded batch at a time
-  and reports, per point, the top-1 class and the original class's probability and rank.
-- `min_flip` finds the smallest change that turns the original top-1 into another
-  class, with Captum's `MinParamPerturbation` (a coarse then a fine linear search,
-  both directions at once for signed transforms).
-- `occlude` slides a grey patch over the image (Zeiler and Fergus): value [y, x] is the
-  patch's top-left corner; `shuffle` cuts k x k tiles and permutes them (seeded).
+One entry point, `run(model, image, spec)`, for three specs:
+
+- `SweepSpec`: the transformed images go through the network (`predict.classify`) a
+  bounded batch at a time; per point, the top-1 class and the original class's
+  probability and rank (`Sweep`). Progress after every batch; a stop request ends it
+  before the next batch.
+- `FlipSpec`: the smallest change that turns the original top-1 into another class,
+  with Captum's `MinParamPerturbation` (a coarse then a fine linear search, both
+  directions at once for signed transforms) (`Flip`).
+- `LimitsSpec`: both, the search bounded by the sweep (what the page and the CLI show:
+  `Limits`).
+
+`occlude` slides a grey patch over the image (Zeiler and Fergus): value [y, x] is the
+patch's top-left corner; `shuffle` cuts k x k tiles and permutes them (seeded).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -26,9 +33,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from .contract import CnnvizError
+from .contract import CnnvizError, Progress, Result, Spec
 from .model import Model
-from .predict import Top
+from .pixels import to_uint8
+from .predict import Top, classify
 
 GREY = 0.5  # fill for padding and occluding patches: the middle of the pixel range
 MAX_POINTS = 400
@@ -222,22 +230,29 @@ def parse_values(name: str, text: str | None) -> tuple[float, ...]:
     t = get(name)
     if text is None or not str(text).strip():
         return t.default
+    return check_values(name, parse_numbers(text))
+
+
+def parse_numbers(text: str, error: type[CnnvizError] = LimitsError, most: int = MAX_POINTS,
+                  example: str = "0,15,30", example_range: str = "0:360:15") -> tuple[float, ...]:
+    """A list ('0,15,30') or 'START:STOP:STEP' (STOP included when it falls on the grid),
+    at most `most` numbers; `error` says what cannot be read (with the examples)."""
     text = str(text).strip()
     try:
         parts = [float(p) for p in text.replace(" ", "").split(":" if ":" in text else ",") if p]
     except ValueError:
         parts = []
     if not parts or (":" in text and len(parts) != 3):
-        raise LimitsError(f"Cannot read the values {text!r}: give a list (0,15,30) or START:STOP:STEP (0:360:15).")
+        raise error(f"Cannot read the values {text!r}: give a list ({example}) or START:STOP:STEP ({example_range}).")
     if ":" not in text:
-        return check_values(name, parts)
+        return tuple(parts)
     start, stop, step = parts
     if step <= 0 or stop < start:
-        raise LimitsError(f"In {text!r} the step must be positive and STOP at least START.")
+        raise error(f"In {text!r} the step must be positive and STOP at least START.")
     n = math.floor((stop - start) / step + 1e-9) + 1
-    if n > MAX_POINTS:
-        raise LimitsError(f"{text!r} gives {n} values; at most {MAX_POINTS} per sweep.")
-    return check_values(name, (round(start + i * step, 10) for i in range(n)))
+    if n > most:
+        raise error(f"{text!r} gives {n} values; at most {most} per sweep.")
+    return tuple(round(start + i * step, 10) for i in range(n))
 
 
 def check_values(name: str, values) -> tuple[float, ...]:
@@ -266,7 +281,7 @@ def apply(model: Model, image: Image.Image | torch.Tensor, name: str, value, see
     x = model.to_pixels(image) if isinstance(image, Image.Image) else image
     if name == "occlude":
         return x if not patch else occlude(x, tuple(int(v) for v in value), int(patch))
-    if float(value) == 0 or (name == "shuffle" and value <= 1):
+    if _identity(name, value):
         return x
     return get(name).fn(x, float(value), seed)
 
@@ -285,7 +300,111 @@ def occlusion_grid(size: tuple[int, int], patch: int, stride: int | None = None)
     return [(y, x) for y in axis(h) for x in axis(w)]
 
 
-# ---------------------------------------------------------------- sweeps
+# ---------------------------------------------------------------- specs
+
+def _hint():
+    """The untransformed image's probabilities, if the caller already has them
+    (`predict`'s): identity points reuse them, so value 0 gives exactly `predict`'s
+    numbers without a pass of its own. Not part of the key: they follow from the model
+    and the image."""
+    return field(default=None, compare=False, repr=False)
+
+
+def _identity(name: str, value) -> bool:
+    return float(value) == 0 or (name == "shuffle" and value <= 1)
+
+
+@dataclass(frozen=True)
+class SweepSpec(Spec):
+    """Classify the image under each value of one transform, `batch_size` images per pass.
+    `values`: None for the transform's demo values; for occlude (patch size,), and the
+    points are every patch position. `thumb`: side of the thumbnails in pixels."""
+
+    transform: str = "rotate"
+    values: tuple[float, ...] | None = None
+    seed: int = 0
+    batch_size: int = 32
+    thumb: int = 96
+    probs: np.ndarray | None = _hint()
+
+    def check(self, model) -> "SweepSpec":
+        t = get(self.transform)
+        values = check_values(self.transform, t.default if self.values is None else self.values)
+        if self.batch_size < 1 or self.thumb < 1:
+            raise LimitsError("The batch size and the thumbnail size must be at least 1.")
+        return replace(self, values=values, seed=int(self.seed))
+
+    def passes(self, model) -> int:
+        values = get(self.transform).default if self.values is None else self.values
+        if self.transform == "occlude":
+            patch = min(int(values[0]), *model.input_size)
+            images = len(occlusion_grid(model.input_size, patch)) if patch else 0
+        else:
+            images = sum(not _identity(self.transform, v) for v in values)
+        return images + (self.probs is None)
+
+
+@dataclass(frozen=True)
+class FlipSpec(Spec):
+    """The smallest change of a continuous transform that changes the top-1 class.
+
+    Captum's MinParamPerturbation searches the magnitude in coarse steps, then in fine
+    steps just below the first flip; a signed transform tries +v and -v in the same pass
+    and reports the direction that flipped (+ when both did). `seen`: magnitudes that
+    flipped the label in a sweep of the same transform: they bound the search, and a
+    flip seen is never reported as "none" (a coarse grid can step over a narrow flip)."""
+
+    transform: str = "rotate"
+    seed: int = 0
+    seen: tuple[float, ...] = ()
+    batch_size: int = 32
+    probs: np.ndarray | None = _hint()
+
+    def check(self, model) -> "FlipSpec":
+        t = get(self.transform)
+        if t.search is None:
+            searchable = [n for n, u in TRANSFORMS.items() if u.search is not None]
+            raise LimitsError(f"{t.title} has no continuous parameter to search; the smallest flip applies to "
+                              f"{', '.join(searchable)}.")
+        if self.batch_size < 1:
+            raise LimitsError("The batch size must be at least 1.")
+        return replace(self, seed=int(self.seed), seen=tuple(float(v) for v in self.seen))
+
+    def passes(self, model) -> int:
+        return self.images() + (self.probs is None)
+
+    def images(self) -> int:
+        """At most this many images go through the network (coarse search, fine search, the answer)."""
+        t = get(self.transform)
+        if t.search is None:
+            return 0
+        top, coarse, fine = t.search
+        limit = min([top, *self.seen])
+        return (math.floor(limit / coarse + 1e-9) + math.ceil(coarse / fine) + 2) * (1 + t.signed)
+
+
+@dataclass(frozen=True)
+class LimitsSpec(Spec):
+    """A sweep and, for continuous transforms, the smallest flip bounded by it."""
+
+    transform: str = "rotate"
+    values: tuple[float, ...] | None = None
+    seed: int = 0
+    batch_size: int = 32
+    probs: np.ndarray | None = _hint()
+
+    def sweep(self) -> SweepSpec:
+        return SweepSpec(self.transform, self.values, self.seed, self.batch_size, probs=self.probs)
+
+    def check(self, model) -> "LimitsSpec":
+        sweep = self.sweep().check(model)
+        return replace(self, values=sweep.values, seed=sweep.seed)
+
+    def passes(self, model) -> int:
+        return self.sweep().passes(model) + FlipSpec(self.transform).images()
+
+
+# ---------------------------------------------------------------- results
 
 @dataclass(frozen=True)
 class Point:
@@ -300,12 +419,11 @@ class Point:
 
 
 @dataclass
-class Sweep:
-    model_id: str
+class Sweep(Result):
     transform: str
     original: Top
     points: list[Point]
-    thumbs: np.ndarray  # uint8 [N, t, t, 3]: the transformed inputs, small
+    thumbs: np.ndarray = field(repr=False)  # uint8 [N, t, t, 3]: the transformed inputs, small
     seed: int = 0
     patch: int | None = None  # occlude only
     grid: tuple[int, int] | None = None  # occlude: (rows, cols) of positions
@@ -335,90 +453,12 @@ class Sweep:
         return acc / np.maximum(cnt, 1)
 
     def to_dict(self) -> dict:
-        return {"model": self.model_id, "transform": self.transform, "original": self.original.to_dict(),
+        return {"model": self.model, "transform": self.transform, "original": self.original.to_dict(),
                 "points": [p.to_dict() for p in self.points]}
 
 
-def _forward(model: Model, batch: torch.Tensor) -> np.ndarray:
-    """Softmax over classes of pixel batch [N, 3, H, W], float64 as `predict` computes it."""
-    with model.lock, torch.inference_mode():
-        logits = model.net(model.normalize(batch))
-    return logits.double().softmax(-1).numpy()
-
-
-def _thumb(x: torch.Tensor, size: int) -> np.ndarray:
-    t = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return (t.permute(0, 2, 3, 1).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
-
-
-def sweep(model: Model, image: Image.Image, name: str, values=None, seed: int = 0, *,
-          probs: np.ndarray | None = None, batch_size: int = 32, thumb: int = 96,
-          progress: Callable[[float], None] | None = None) -> Sweep:
-    """Classify the image under each value of one transform, `batch_size` images per pass.
-
-    `values`: for occlude, (patch size,) and the points are every patch position.
-    `probs`: the untransformed image's probabilities if already known (`predict`'s);
-    identity points reuse them, so value 0 gives exactly `predict`'s top-1 and prob.
-    """
-    from .predict import probabilities
-
-    t = get(name)
-    values = check_values(name, t.default if values is None else values)
-    x = model.to_pixels(image)
-    probs = probabilities(model, image) if probs is None else probs
-    orig = int(np.argmax(probs))
-    patch = grid = None
-    if name == "occlude":
-        patch = min(int(values[0]), *x.shape[-2:])
-        corners = occlusion_grid(x.shape[-2:], patch) if patch else [(0, 0)]
-        points_v: list = corners
-        grid = (len({c[0] for c in corners}), len({c[1] for c in corners}))
-    else:
-        points_v = list(values)
-    n = len(points_v)
-    out = np.empty((n, len(probs)))
-    thumbs = np.empty((n, thumb, thumb, 3), np.uint8)
-    chunk: list[tuple[int, torch.Tensor]] = []
-
-    def flush():
-        idx = [i for i, _ in chunk]
-        batch = torch.cat([xi for _, xi in chunk])
-        out[idx] = _forward(model, batch)
-        thumbs[idx] = _thumb(batch, thumb)
-        chunk.clear()
-        if progress:
-            progress((idx[-1] + 1) / n)
-
-    # transformed images are made a batch at a time, so memory stays flat for long sweeps
-    for i, v in enumerate(points_v):
-        xi = apply(model, x, name, v, seed, patch)
-        if xi is x:  # the identity: predict's own numbers, no batched pass
-            out[i] = probs
-            thumbs[i] = _thumb(x, thumb)[0]
-        else:
-            chunk.append((i, xi))
-        if len(chunk) == batch_size:
-            flush()
-    if chunk:
-        flush()
-    top_i = out.argmax(1)
-    ranks = (out > out[:, orig:orig + 1]).sum(1) + 1
-    points = [Point(v if name == "occlude" else float(v),
-                    Top(int(k), model.categories[k], float(out[i, k])), float(out[i, orig]), int(ranks[i]))
-              for i, (v, k) in enumerate(zip(points_v, top_i))]
-    original = Top(orig, model.categories[orig], float(probs[orig]))
-    return Sweep(model.id, name, original, points, thumbs, seed, patch, grid)
-
-
-def compare(models: list[Model], image: Image.Image, name: str, values=None, seed: int = 0, **kw) -> list[Sweep]:
-    """The same sweep on several models (each sees the transform at its own input size)."""
-    return [sweep(m, image, name, values, seed, **kw) for m in models]
-
-
-# ---------------------------------------------------------------- smallest flip
-
-@dataclass(frozen=True)
-class Flip:
+@dataclass
+class Flip(Result):
     transform: str
     original: Top
     value: float | None  # the smallest flipping value found, signed; None if none in range
@@ -438,32 +478,114 @@ class Flip:
         return {"value": self.value, "to": self.to.to_dict() if self.to else None, "sentence": self.sentence()}
 
 
-def min_flip(model: Model, image: Image.Image, name: str, seed: int = 0, *, probs: np.ndarray | None = None,
-             batch_size: int = 32, known: Sweep | None = None) -> Flip | None:
-    """The smallest change of a continuous transform that changes the top-1 class.
+@dataclass
+class Limits(Result):
+    sweep: Sweep
+    flip: Flip | None  # None: the transform has no continuous parameter
 
-    Captum's MinParamPerturbation searches the magnitude in coarse steps, then in fine
-    steps just below the first flip; a signed transform tries +v and -v in the same pass
-    and reports the direction that flipped (+ when both did). A sweep of the same
-    transform (`known`) bounds the search: a flip it saw is never reported as "none"
-    (a coarse grid can step over a narrow flip). Returns None for transforms without a
-    continuous parameter (flip, occlude, shuffle).
-    """
+    def to_dict(self) -> dict:
+        return {**self.sweep.to_dict(), "model": self.model, "min_flip": self.flip.value if self.flip else None,
+                "seconds": self.seconds}
+
+
+# ---------------------------------------------------------------- the one entry point
+
+def run(model: Model, image: Image.Image | torch.Tensor, spec: SweepSpec | FlipSpec | LimitsSpec, *,
+        progress: Progress | None = None) -> Sweep | Flip | Limits:
+    """`image`: a PIL image (resized and cropped as the model does) or pixels [1, 3, H, W]."""
+    progress = Progress.of(progress)
+    spec = spec.check(model)
+    x = model.to_pixels(image)
+    probs = spec.probs if spec.probs is not None else classify(model, x)[0]
+    if isinstance(spec, SweepSpec):
+        return _sweep(model, x, probs, spec, progress)
+    if isinstance(spec, FlipSpec):
+        return _min_flip(model, x, probs, spec, progress)
+    if isinstance(spec, LimitsSpec):
+        sweep_spec = spec.sweep()
+        share = sweep_spec.passes(model) / max(spec.passes(model), 1)
+        sw = _sweep(model, x, probs, sweep_spec, progress.part(0.0, share))
+        if get(spec.transform).search is None:
+            return Limits(sw, None)
+        seen = tuple(abs(_signed(spec.transform, sw.points[i].value)) for i in sw.flipped)
+        flip = _min_flip(model, x, probs, FlipSpec(spec.transform, spec.seed, seen, spec.batch_size),
+                         progress.part(share, 1.0))
+        return Limits(sw, flip)
+    raise TypeError(f"limits.run takes a SweepSpec, FlipSpec or LimitsSpec, not {type(spec).__name__}")
+
+
+# ---------------------------------------------------------------- sweeps
+
+def _thumb(x: torch.Tensor, size: int) -> np.ndarray:
+    t = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return to_uint8(t).reshape(len(x), size, size, 3)
+
+
+def _sweep(model: Model, x: torch.Tensor, probs: np.ndarray, spec: SweepSpec, progress: Progress) -> Sweep:
+    """Identity points reuse `probs`; the others go through `classify` a batch at a time."""
+    name, thumb = spec.transform, spec.thumb
+    orig = int(np.argmax(probs))
+    patch = grid = None
+    if name == "occlude":
+        patch = min(int(spec.values[0]), *x.shape[-2:])
+        corners = occlusion_grid(x.shape[-2:], patch) if patch else [(0, 0)]
+        points_v: list = corners
+        grid = (len({c[0] for c in corners}), len({c[1] for c in corners}))
+    else:
+        points_v = list(spec.values)
+    n = len(points_v)
+    out = np.empty((n, len(probs)))
+    thumbs = np.empty((n, thumb, thumb, 3), np.uint8)
+    chunk: list[tuple[int, torch.Tensor]] = []
+
+    def flush():
+        progress.check()  # a stop request ends the sweep before the next batch
+        idx = [i for i, _ in chunk]
+        batch = torch.cat([xi for _, xi in chunk])
+        out[idx] = classify(model, batch)
+        thumbs[idx] = _thumb(batch, thumb)
+        chunk.clear()
+        progress((idx[-1] + 1) / n, f"{(idx[-1] + 1) / n:.0%} of the images classified")
+
+    # transformed images are made a batch at a time, so memory stays flat for long sweeps
+    for i, v in enumerate(points_v):
+        xi = apply(model, x, name, v, spec.seed, patch)
+        if xi is x:  # the identity: predict's own numbers, no batched pass
+            out[i] = probs
+            thumbs[i] = _thumb(x, thumb)[0]
+        else:
+            chunk.append((i, xi))
+        if len(chunk) == spec.batch_size:
+            flush()
+    if chunk:
+        flush()
+    top_i = out.argmax(1)
+    ranks = (out > out[:, orig:orig + 1]).sum(1) + 1
+    points = [Point(v if name == "occlude" else float(v),
+                    Top(int(k), model.categories[k], float(out[i, k])), float(out[i, orig]), int(ranks[i]))
+              for i, (v, k) in enumerate(zip(points_v, top_i))]
+    original = Top(orig, model.categories[orig], float(probs[orig]))
+    return Sweep(name, original, points, thumbs, spec.seed, patch, grid)
+
+
+# ---------------------------------------------------------------- smallest flip
+
+def _min_flip(model: Model, x: torch.Tensor, probs: np.ndarray, spec: FlipSpec, progress: Progress) -> Flip:
     from captum.robust import MinParamPerturbation
 
-    from .predict import probabilities
-
+    name, seed = spec.transform, spec.seed
     t = get(name)
-    if t.search is None:
-        return None
     top, coarse, fine = t.search
-    x = model.to_pixels(image)
-    probs = probabilities(model, image) if probs is None else probs
     target = int(np.argmax(probs))
     original = Top(target, model.categories[target], float(probs[target]))
     signs = (1, -1) if t.signed else (1,)
-    seen = [abs(_signed(name, known.points[i].value)) for i in known.flipped] if known else []
-    limit = min([top, *seen])
+    limit = min([top, *spec.seen])
+    total, done = max(spec.images(), 1), [0]
+
+    def net(batch):  # the search's forward: progress per batch, and where a stop request ends it
+        progress(done[0] / total, "searching for the smallest change that flips the label...")
+        done[0] += len(batch)
+        return model.net(batch)
 
     def attack(inp, amount):  # both directions in one small batch, normalized for the net
         return model.normalize(torch.cat([t.fn(inp, s * amount, seed) for s in signs]))
@@ -474,23 +596,24 @@ def min_flip(model: Model, image: Image.Image, name: str, seed: int = 0, *, prob
             return None if count < 0 or not _flips(attack(x, start)) else start
         # integer step counts: Captum's float range would drift (0.1 * 3 != 0.3)
         mpp = MinParamPerturbation(
-            model.net, lambda inp, k: attack(inp, round(start + k * step, 10)), "k", 0, count + 0.5, 1,
+            net, lambda inp, k: attack(inp, round(start + k * step, 10)), "k", 0, count + 0.5, 1,
             correct_fn=lambda out, target: bool((out.argmax(1) == target).all()))
-        _, k = mpp.evaluate(x, target=target, perturbations_per_eval=max(1, batch_size // len(signs)))
+        _, k = mpp.evaluate(x, target=target, perturbations_per_eval=max(1, spec.batch_size // len(signs)))
         return None if k is None else round(start + k * step, 10)
 
     def _flips(batch) -> bool:
-        return bool((model.net(batch).argmax(1) != target).any())
+        return bool((net(batch).argmax(1) != target).any())
 
-    with model.lock, torch.inference_mode():
+    with torch.inference_mode():
         hit = search(coarse, coarse, math.floor(limit / coarse + 1e-9) - 1)
-        if hit is None and seen:
+        if hit is None and spec.seen:
             hit = limit
         if hit is None:
             return Flip(name, original, None, None, top, coarse)
         lo = (math.ceil(hit / coarse - 1e-9) - 1) * coarse + fine
         hit = search(lo, fine, math.floor((hit - lo) / fine + 1e-9)) or hit
-        out = model.net(attack(x, hit)).double().softmax(-1).numpy()
+        progress.check()
+        out = classify(model, torch.cat([t.fn(x, s * hit, seed) for s in signs]))
     for s, row in zip(signs, out):
         k = int(row.argmax())
         if k != target:

@@ -8,32 +8,49 @@ take the union of their inputs' fields and must agree on jump. Pixel i of the in
 has centre i; boxes are half-open (top, left, bottom, right) and may reach into the
 padding outside the image.
 
-Effective field (Luo et al. 2016): |d unit / d input|, one forward and one backward.
+Effective field (Luo et al. 2016): |d unit / d input|, one forward and one backward,
+taken with respect to the network's normalized input (the image is normalized here).
+
+One entry point, `run(model, image, spec)`, for four specs: `TableSpec` (the
+architecture table, `Table`), `UnitSpec` (a unit's theoretical field), `EffectiveSpec`
+(and its effective field on `image`: PIL or [1, 3, H, W] pixels in [0, 1]) and
+`AverageSpec` (its effective field averaged over the sample images or over noise, batch
+by batch); the last three give a `UnitField`. The caller holds the model's lock (the job
+runner does): the walk and the gradients run the model's own modules.
 """
 from __future__ import annotations
 
-import difflib
 import math
 import operator
 import threading
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .contract import CnnvizError
+from .activations import LayerNotFound, find_layer
+from .contract import CnnvizError, Progress, Result, Spec
 from .hooks import Recorder
 from .model import Model
 
 Box = tuple[int, int, int, int]
-Progress = Callable[[float], None]  # fraction done
+RF_HINT = "List them with `python -m cnnviz rf --all`."
+SOURCES = ("samples", "noise")
 
 
 class RFError(CnnvizError):
     """Bad receptive-field input (unknown layer, unit outside the map); the message is for the user."""
+
+
+class UnknownLayer(LayerNotFound, RFError):
+    """A layer the receptive-field table does not have (the shared layer-name check)."""
+
+    def __init__(self, layer: str, known: list[str], fallback: bool = False, *, where: str = "in this model",
+                 hint: str = RF_HINT):
+        super().__init__(layer, known, fallback, where=where, hint=hint)
 
 
 @dataclass(frozen=True)
@@ -385,7 +402,7 @@ def _merged(ins: list[_State], axes, hw, ndim: int, with_note: bool = False):
     return st
 
 
-# ---------------------------------------------------------------- public API
+# ---------------------------------------------------------------- the table
 
 def _check_size(input_size) -> tuple[int, int]:
     try:
@@ -400,22 +417,35 @@ def _check_size(input_size) -> tuple[int, int]:
 def architecture(model: Model, input_size=None) -> list[Row]:
     """Every inspectable layer call (names as in `model.layers`) and every merge, in
     execution order, with window parameters, output shape, parameters and receptive
-    field, from one traced forward pass on a blank input of `input_size` (h, w)."""
+    field, from one traced forward pass on a blank input of `input_size` (h, w).
+
+    The caller holds the model's lock (the job runner does), which keeps other sessions'
+    hooks off this model's modules while they are traced and walked; other models'
+    passes in other threads go past the tracer (see `_Tracer`)."""
     h, w = _check_size(input_size or model.input_size)
     inspectable = model.layer_modules
     tracer = _Tracer({id(m) for m in inspectable.values()})
-    # The lock keeps other sessions' hooks off this model's modules while it is traced
-    # and walked (other models' passes go past the tracer, see _Tracer).
-    with model.lock:
-        try:
-            graph = tracer.trace(model.net)
-        except Exception as e:  # dynamic control flow fx cannot follow
-            raise RFError(f"Cannot trace {model.id} with torch.fx ({type(e).__name__}: {e}); "
-                          "receptive fields need a traceable forward.") from None
-        walk = _Walk(fx.GraphModule(tracer.root, graph), inspectable)
-        with torch.no_grad():
-            walk.run(torch.zeros(1, 3, h, w))
+    try:
+        graph = tracer.trace(model.net)
+    except Exception as e:  # dynamic control flow fx cannot follow
+        raise RFError(f"Cannot trace {model.id} with torch.fx ({type(e).__name__}: {e}); "
+                      "receptive fields need a traceable forward.") from None
+    walk = _Walk(fx.GraphModule(tracer.root, graph), inspectable)
+    with torch.no_grad():
+        walk.run(torch.zeros(1, 3, h, w))
     return walk.rows
+
+
+def table(model: Model, input_size=None, *, fresh: bool = False) -> list[Row]:
+    """`architecture`, traced once per model (its private copies included: the fields
+    depend on the layers, not the weights) and input size; `fresh`: trace anyway (and
+    keep that). Read-only."""
+    size = _check_size(input_size or model.input_size)
+    memo = model.shared.setdefault("receptive.tables", {})
+    rows = None if fresh else memo.get(size)
+    if rows is None:  # two threads may both trace; either result is the same table
+        rows = memo[size] = architecture(model, size)
+    return rows
 
 
 def fields(model: Model, input_size=None) -> dict[str, Field]:
@@ -456,15 +486,12 @@ def rows_by_name(rows: list[Row]) -> dict[str, Row]:
 
 
 def check_layer(rows: list[Row], layer: str, spatial: bool = False) -> Row:
-    """The table row of `layer`, or an RFError naming the closest layer names."""
+    """The table row of `layer`, or an `UnknownLayer` (an RFError) naming the closest layer names."""
     named = rows_by_name(rows)
     if spatial:
         named = {n: r for n, r in named.items() if len(r.shape) == 3}
-    if layer not in named:
-        close = difflib.get_close_matches(layer, list(named), n=5, cutoff=0.4)
-        kind = "with a spatial output " if spatial else ""
-        raise RFError(f"No layer {layer!r} {kind}in this model." + (f" Closest: {', '.join(close)}." if close else "")
-                      + " List them with `python -m cnnviz rf --all`.")
+    find_layer(layer, list(named), error=UnknownLayer,
+               where="with a spatial output in this model" if spatial else "in this model")
     return named[layer]
 
 
@@ -521,8 +548,9 @@ def mass_boxes(m: np.ndarray, centre: tuple[float, float], fractions=(0.5, 0.9))
 
 def _input_grads(model: Model, x: torch.Tensor, layer: str, ij: tuple[int, int],
                  channel: int | None) -> np.ndarray:
-    """[B, H, W]: |d out[b, channel or all channels summed, i, j] / d x[b]| summed over colours;
-    one forward and one backward for the whole batch (samples do not interact in eval mode)."""
+    """[B, H, W]: |d out[b, channel or all channels summed, i, j] / d x[b]| summed over colours,
+    for normalized network inputs x; one forward and one backward for the whole batch
+    (samples do not interact in eval mode)."""
     i, j = ij
     xg = x.detach().clone().requires_grad_(True)
     with Recorder(model, [layer], detach=False) as rec, torch.enable_grad():
@@ -539,27 +567,42 @@ def _input_grads(model: Model, x: torch.Tensor, layer: str, ij: tuple[int, int],
     return g.abs().sum(1).numpy().astype(np.float32)
 
 
-def effective(model: Model, x: torch.Tensor, u: Unit, channel: int | None = None) -> Effective:
-    """The effective field of unit `u` on the input x [1, 3, H, W] (normalized):
-    |gradient| of that unit (all channels at that position, or one channel)."""
+def network_input(model: Model, image) -> torch.Tensor:
+    """The normalized network input for `image` (PIL, or [1, 3, H, W] pixels in [0, 1]);
+    a tensor outside [0, 1] is refused (an already-normalized input would give a wrong
+    field without a word)."""
+    if image is None:
+        raise RFError("The effective field needs an image.")
+    x = model.to_pixels(image)
+    if isinstance(image, torch.Tensor) and (x.ndim != 4 or x.shape[1] != 3 or x.min() < 0 or x.max() > 1):
+        raise RFError(f"Pass the image, or pixels [N, 3, H, W] in [0, 1] (got {list(x.shape)} in "
+                      f"[{float(x.min()):.3g}, {float(x.max()):.3g}]): normalization happens inside.")
+    return model.normalize(x)
+
+
+def effective(model: Model, image, u: Unit, channel: int | None = None) -> Effective:
+    """The effective field of unit `u` on `image` (PIL, or [1, 3, H, W] pixels in [0, 1]):
+    |gradient| of that unit (all channels at that position, or one channel) with respect
+    to the normalized input."""
     _need_spatial(u)
-    m = _input_grads(model, x, u.layer, u.unit, channel)[0]
+    m = _input_grads(model, network_input(model, image), u.layer, u.unit, channel)[0]
     return Effective(m, *mass_boxes(m, u.centre))
 
 
-def average_effective(model: Model, u: Unit, inputs: torch.Tensor, channel: int | None = None,
-                      batch_size: int = 8, progress: Progress | None = None) -> Effective:
-    """Mean effective field of unit `u` over `inputs` [N, 3, H, W] (normalized), batch by
-    batch; `progress(fraction done)` after each batch."""
+def _average(model: Model, u: Unit, inputs: torch.Tensor, channel: int | None, batch_size: int,
+             progress: Progress) -> Effective:
+    """Mean effective field of unit `u` over normalized inputs [N, 3, H, W], batch by
+    batch; `progress` after each batch (and so a stop request ends it within one batch)."""
     _need_spatial(u)
     n = len(inputs)
     if n == 0:
         raise RFError("No inputs to average over.")
     total = np.zeros(inputs.shape[-2:], np.float64)
     for k in range(0, n, batch_size):
+        progress.check()
         total += _input_grads(model, inputs[k:k + batch_size], u.layer, u.unit, channel).sum(0)
-        if progress:
-            progress(min(k + batch_size, n) / n)
+        done = min(k + batch_size, n) / n
+        progress(done, f"{done:.0%} of the inputs")
     m = (total / n).astype(np.float32)
     return Effective(m, *mass_boxes(m, u.centre), samples=n)
 
@@ -573,7 +616,7 @@ def noise_inputs(model: Model, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def sample_inputs(model: Model) -> torch.Tensor:
-    """The bundled sample images, preprocessed for `model`: [N, 3, H, W]."""
+    """The bundled sample images, preprocessed (normalized) for `model`: [N, 3, H, W]."""
     from .images import load_image
     from .samples import sample_paths
 
@@ -595,3 +638,184 @@ def summary(u: Unit, eff: Effective | None) -> dict:
         out["effective"] = (eb - et, er - el)
         out["ratio"] = math.sqrt((eb - et) * (er - el) / max((b - t) * (r - l), 1))
     return out
+
+
+# ---------------------------------------------------------------- the contract
+
+@dataclass(frozen=True)
+class TableSpec(Spec):
+    """The architecture table: every layer's field at `input_size` (default: the model's)."""
+
+    input_size: tuple[int, int] | None = None
+
+    def check(self, model) -> "TableSpec":
+        size = _check_size(self.input_size or model.input_size)
+        return self if size == self.input_size else replace(self, input_size=size)
+
+
+@dataclass
+class Table(Result):
+    """Rows in execution order (layers and merges), and the unit picking the page does on them."""
+
+    rows: list[Row]
+    input_size: tuple[int, int]
+
+    @cached_property
+    def spatial(self) -> dict[str, Row]:
+        """Layers with a spatial map whose field is known, by name, in execution order."""
+        return {n: r for n, r in rows_by_name(self.rows).items() if len(r.shape) == 3}
+
+    def row(self, layer: str, spatial: bool = False) -> Row:
+        return check_layer(self.rows, layer, spatial)
+
+    def default_layer(self) -> str:
+        """Deep enough that the field is interesting."""
+        names = list(self.spatial)
+        return names[len(names) * 3 // 5]
+
+    def place(self, layer: str, i: int | None, j: int | None) -> tuple[int, int]:
+        """(i, j) if it is a unit of `layer`'s map; else the centre unit on that axis."""
+        h, w = self.spatial[layer].shape[1:]
+        return (i if i is not None and 0 <= i < h else (h - 1) // 2,
+                j if j is not None and 0 <= j < w else (w - 1) // 2)
+
+    def follow(self, shown: tuple[str, int, int] | None, layer: str) -> tuple[int, int] | None:
+        """The unit of `layer` nearest to the centre of unit `shown` = (layer, i, j) of
+        another layer (a new layer keeps looking at the same place); None if unknown."""
+        if not shown or shown[0] not in self.spatial or layer not in self.spatial:
+            return None
+        cy, cx = self.spatial[shown[0]].field.centre(*shown[1:])
+        new = self.spatial[layer]
+        return nearest_unit(new.field, new.shape[1:], cy, cx)
+
+    def centres(self, layer: str) -> tuple[list[float], list[float]]:
+        """Centres of the units' fields along y and x, in input pixels."""
+        r = self.row(layer)
+        f, (h, w) = r.field, (r.shape[1:] if len(r.shape) == 3 else (1, 1))
+        return [f.start[0] + k * f.jump[0] for k in range(h)], [f.start[1] + k * f.jump[1] for k in range(w)]
+
+    def unit(self, layer: str, i: int | None = None, j: int | None = None) -> Unit:
+        return unit(self.rows, layer, i, j, self.input_size)
+
+    def to_dict(self) -> dict:
+        """`python -m cnnviz rf --all`: the layers' rows (merges left out)."""
+        return {"model": self.model, "input_size": list(self.input_size),
+                "layers": [r.to_dict() for r in self.rows if r.layer], "seconds": self.seconds}
+
+
+def _known_layer(model: Model, layer: str) -> None:
+    """Before any pass: is `layer` one of the model's layer calls (the table has the same names)."""
+    find_layer(layer, [l.name for l in model.layers], error=UnknownLayer)
+
+
+@dataclass(frozen=True)
+class UnitSpec(Spec):
+    """Unit (y, x) of `layer` (default: the centre unit): its theoretical field."""
+
+    layer: str
+    y: int | None = None
+    x: int | None = None
+
+    def check(self, model) -> "UnitSpec":
+        _known_layer(model, self.layer)  # the unit is checked against the map in run()
+        return self
+
+
+@dataclass(frozen=True)
+class EffectiveSpec(UnitSpec):
+    """And its effective field on the image: all channels at that position, or one `channel`."""
+
+    channel: int | None = None
+
+
+@dataclass(frozen=True)
+class AverageSpec(UnitSpec):
+    """Its effective field averaged over the bundled sample images (`source` "samples") or
+    over `n` standard-normal inputs in the network's normalized space ("noise"), `batch_size`
+    inputs a forward and backward pass."""
+
+    channel: int | None = None
+    source: str = "samples"
+    n: int = 16
+    seed: int = 0
+    batch_size: int = 8
+
+    def check(self, model) -> "AverageSpec":
+        super().check(model)
+        if self.source not in SOURCES:
+            raise RFError(f"Average over {' or '.join(SOURCES)}, not {self.source!r}.")
+        if self.source == "noise" and not 1 <= self.n <= 256:
+            raise RFError(f"Use 1 to 256 noise inputs, not {self.n}.")
+        if self.batch_size < 1:
+            raise RFError("The batch size must be at least 1.")
+        return self
+
+    def inputs(self) -> int:
+        if self.source == "noise":
+            return self.n
+        from .samples import sample_paths
+
+        return len(sample_paths())
+
+    def passes(self, model) -> int:
+        return self.inputs()
+
+
+@dataclass
+class UnitField(Result):
+    """A unit's theoretical field and, for `EffectiveSpec` / `AverageSpec`, its effective field."""
+
+    unit: Unit
+    effective: Effective | None = None
+
+    def summary(self) -> dict:
+        return summary(self.unit, self.effective)
+
+    def canvas(self, base):
+        """`render.rf_canvas` of this field on `base` (PIL, the network's input size):
+        (PIL RGB, margin)."""
+        from .render import rf_canvas
+
+        e = self.effective
+        return rf_canvas(base, self.unit.box, e and e.map, e and e.box50, e and e.box90)
+
+    def to_dict(self) -> dict:
+        """`python -m cnnviz rf --layer ...`."""
+        u, e = self.unit, self.effective
+        f = u.field
+        return {"model": self.model, "layer": u.layer, "size": list(f.size), "jump": list(f.jump),
+                "start": list(f.start), "unit": list(u.unit), "box": list(u.box), "box_clipped": list(u.box_clipped),
+                "erf_box50": list(e.box50) if e and e.box50 else None,
+                "erf_box90": list(e.box90) if e and e.box90 else None, "seconds": self.seconds}
+
+
+def backdrop(model: Model, image, source: str | None = None):
+    """What a field is drawn over (the network's input size): the image as the network
+    sees it; greyed for an average over the samples; plain grey for noise or no image."""
+    from PIL import Image
+
+    if image is None or source == "noise":
+        return Image.new("RGB", model.input_size[::-1], (200, 200, 200) if source == "noise" else (235,) * 3)
+    seen = model.input_image(image)
+    return seen.convert("L").convert("RGB") if source == "samples" else seen
+
+
+def run(model: Model, image, spec: Spec, *, progress: Progress | None = None) -> Table | UnitField:
+    """`TableSpec` -> `Table`; `UnitSpec` / `EffectiveSpec` / `AverageSpec` -> `UnitField`.
+    `image`: PIL or [1, 3, H, W] pixels in [0, 1] (`EffectiveSpec` only; the others take None)."""
+    progress = Progress.of(progress)
+    spec = spec.check(model)
+    if isinstance(spec, TableSpec):
+        progress(0.0, "one traced pass")
+        return Table(table(model, spec.input_size, fresh=True), spec.input_size)
+    if not isinstance(spec, UnitSpec):
+        raise TypeError(f"cnnviz.receptive cannot run {type(spec).__name__}")
+    u = unit(table(model), spec.layer, spec.y, spec.x, model.input_size)
+    if isinstance(spec, EffectiveSpec):
+        progress(0.0, "one forward and one backward pass")
+        return UnitField(u, effective(model, image, u, spec.channel))
+    if isinstance(spec, AverageSpec):
+        _need_spatial(u)
+        inputs = sample_inputs(model) if spec.source == "samples" else noise_inputs(model, spec.n, spec.seed)
+        return UnitField(u, _average(model, u, inputs, spec.channel, spec.batch_size, progress))
+    return UnitField(u)

@@ -1,21 +1,33 @@
 """Saliency: which pixels (or which regions of a layer) drove a class score.
 
-One entry point, `attribute(model, image, method, target=..., layer=..., contrast=...)`,
-for every method (Captum's uniform signature, mirrored). Maps come back at input
-resolution, float32 [H, W]; CAM maps are non-negative.
+The contract's one entry point, `run(model, image, spec)`, takes a `SaliencySpec` (one
+method, one target) or a `SweepSpec` (Grad-CAM at every stage from one pass). Every
+method is described once, in `METHODS` (label, whether it takes a layer, whether it is
+guided, what it costs, whether the trust checks offer it): the page, the CLI and
+`cnnviz.trust` read it. Maps come back at input resolution, float32 [H, W]; CAM maps are
+non-negative. `attribute(model, image, method, ...)` is the same computation with the
+spec's fields as arguments (Captum's uniform signature, mirrored).
 
 - Grad-CAM, Grad-CAM++ and Score-CAM are written here over `hooks.Recorder`: a layer
   call is named exactly (`_swish#1`, the second call of a shared module), and the
-  gradient is taken with `torch.autograd.grad` down to that layer only.
+  gradient is taken with `torch.autograd.grad` down to that layer only; the recorder
+  makes the layer's output the graph's leaf, so the pass before it builds no graph.
 - Vanilla gradients, SmoothGrad, Integrated Gradients, Occlusion and Guided Backprop
   come from Captum, run on the pixel-space network ([0, 1] inputs). Guided Grad-CAM is
   Captum's Guided Backprop times our upsampled Grad-CAM (Captum's GuidedGradCam cannot
   name one call of a shared module).
+- Integrated Gradients' and SmoothGrad's many gradient passes run on `Model.fast_net`
+  (BatchNorm folded into the convolutions: the same function to float rounding, faster
+  per pass); IG's convergence delta and the target's probability come from `pixel_net`.
 - A target "A rather than B" (`contrast`) attributes the logit difference A - B.
+- The result names the target's label and probability, taken from the logits of the
+  method's own pass on the image where it makes one, else from one `predict.classify`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -23,15 +35,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .contract import CnnvizError
 from .activations import LayerNotFound
+from .contract import CnnvizError, Progress, Result, Spec
 from .hooks import Recorder, unguided_activations
 from .model import Model
+from .predict import classify
 
-CAM_METHODS = ("gradcam", "gradcampp", "scorecam")
-METHODS = ("gradcam", "gradcampp", "scorecam", "guided_gradcam", "gradients", "smoothgrad", "ig", "occlusion",
-           "guided_backprop")
-GUIDED = ("guided_backprop", "guided_gradcam")
 EPS = 1e-7
 
 
@@ -39,26 +48,105 @@ class SaliencyError(CnnvizError):
     """A method cannot be applied as asked (the message says why and what instead)."""
 
 
-@dataclass
-class Attribution:
+# ---------------------------------------------------------------- specs and the method registry
+
+@dataclass(frozen=True)
+class SaliencySpec(Spec):
+    """One attribution. `target`: class index (None: the model's top-1). `layer`: for
+    methods that take one (None: `model.gradcam_layer`; ignored by the others).
+    `contrast`: explain `target` rather than this class (logit difference). Multi-pass
+    methods run `batch_size` images at a time, so memory stays flat."""
+
     method: str
-    layer: str | None
-    target: int
-    contrast: int | None
-    map: np.ndarray  # float32 [H, W] at input resolution
-    layer_map: np.ndarray | None = None  # CAM at the layer's resolution
-    delta: float | None = None  # Integrated Gradients' convergence delta
-    total: float | None = None  # IG: sum of the signed attributions (completeness)
+    target: int | None = None
+    layer: str | None = None
+    contrast: int | None = None
+    batch_size: int = 8
+    smooth_samples: int = 24
+    smooth_std: float = 0.15
+    ig_steps: int = 32
+    occlusion_window: int = 32
+    occlusion_stride: int = 16
 
-    @property
-    def empty(self) -> bool:
-        """All zero: e.g. ReLU'd Grad-CAM for a class the layer does not support."""
-        return not np.any(self.map)
+    def check(self, model) -> "SaliencySpec":
+        method = METHODS.get(self.method)
+        if method is None:
+            raise SaliencyError(f"Unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
+        target, contrast = check_class(model, self.target), check_class(model, self.contrast)
+        for name in ("batch_size", "smooth_samples", "ig_steps", "occlusion_window", "occlusion_stride"):
+            if int(getattr(self, name)) < 1:
+                raise SaliencyError(f"{name} must be at least 1 (got {getattr(self, name)}).")
+        if not self.smooth_std >= 0:
+            raise SaliencyError(f"smooth_std must be 0 or more (got {self.smooth_std}).")
+        layer = check_cam_layer(model, self.layer) if method.takes_layer else None
+        checked = replace(self, target=target, contrast=contrast, layer=layer)
+        return self if checked == self else checked
 
-    @property
-    def peak(self) -> tuple[int, int]:
-        y, x = np.unravel_index(int(np.argmax(self.map)), self.map.shape)
-        return int(y), int(x)
+    def passes(self, model) -> int:
+        method = METHODS.get(self.method)
+        return method.passes(self, model) if method else 1
+
+
+@dataclass(frozen=True)
+class SweepSpec(Spec):
+    """Grad-CAM at several layers (None: the last layer of every stage, `stage_layers`)
+    from one forward and one backward pass."""
+
+    target: int | None = None
+    contrast: int | None = None
+    layers: tuple[str, ...] | None = None
+
+    def check(self, model) -> "SweepSpec":
+        layers = tuple(check_cam_layer(model, l) for l in (self.layers or stage_layers(model)))
+        checked = replace(self, target=check_class(model, self.target), contrast=check_class(model, self.contrast),
+                          layers=layers)
+        return self if checked == self else checked
+
+
+@dataclass(frozen=True)
+class Method:
+    """What the page, the CLI, the job runner and the trust checks know of a method, and
+    its implementation: `compute(model, x, score, spec, progress, exact)` -> `_Maps`."""
+
+    name: str
+    label: str  # how the page names it
+    compute: Callable[..., "_Maps"] = field(repr=False)
+    cost: Callable[[SaliencySpec, Model], int] = lambda spec, model: 1  # forward(+backward) passes
+    takes_layer: bool = False  # Grad-CAM-style: a map of one layer's output
+    guided: bool = False  # Guided Backprop inside: only honest on nets whose activations are nn.ReLU
+    trust: bool = True  # offered by the trust checks (`cnnviz.trust`)
+
+    def passes(self, spec: SaliencySpec, model: Model) -> int:
+        return int(self.cost(spec, model))
+
+
+def _windows(size: int, window: int, stride: int) -> int:
+    """Positions of a sliding window along one axis, as Captum's Occlusion counts them."""
+    return -(-max(size - window, 0) // stride) + 1
+
+
+def _scorecam_passes(spec: SaliencySpec, model: Model) -> int:
+    """The recording pass, the blank input, and a batch per `batch_size` channels (at
+    most: channels that are constant on the image share the blank input's pass)."""
+    layer = spec.layer or model.gradcam_layer
+    channels = next((l.shape[0] for l in model.layers if l.name == layer), 1)
+    return 2 + math.ceil(channels / spec.batch_size)
+
+
+def _occlusion_passes(spec: SaliencySpec, size: tuple[int, int]) -> int:
+    """The image itself, then one pass per window position on an image of `size` (h, w)."""
+    h, w = size
+    return 1 + (_windows(h, spec.occlusion_window, spec.occlusion_stride)
+                * _windows(w, spec.occlusion_window, spec.occlusion_stride))
+
+
+def check_class(model: Model, t: int | None) -> int | None:
+    if t is None:
+        return None
+    n = len(model.categories)
+    if not 0 <= int(t) < n:
+        raise SaliencyError(f"Class {t} does not exist; the model has {n} classes (0 to {n - 1}).")
+    return int(t)
 
 
 def cam_layers(model: Model) -> list[str]:
@@ -74,87 +162,148 @@ def check_cam_layer(model: Model, layer: str | None) -> str:
     return layer
 
 
-class _Score(nn.Module):
-    """Logit of `target`, minus the logit of `contrast` when given; output [N, 1]."""
+def stage_layers(model: Model) -> list[str]:
+    """The last CAM layer at each spatial resolution: one per stage of the network."""
+    last: dict[tuple, str] = {}
+    for name in cam_layers(model):
+        last[next(l.shape[1:] for l in model.layers if l.name == name)] = name
+    return list(last.values())
 
-    def __init__(self, net: nn.Module, target: int, contrast: int | None):
+
+# ---------------------------------------------------------------- results
+
+@dataclass
+class Attribution(Result):
+    method: str
+    layer: str | None
+    target: int
+    contrast: int | None
+    map: np.ndarray = field(repr=False)  # float32 [H, W] at input resolution
+    layer_map: np.ndarray | None = field(default=None, repr=False)  # CAM at the layer's resolution
+    delta: float | None = None  # Integrated Gradients' convergence delta
+    total: float | None = None  # IG: sum of the signed attributions (completeness)
+    label: str = ""  # the target's class name
+    prob: float = float("nan")  # the target's probability on the image
+
+    @property
+    def empty(self) -> bool:
+        """All zero: e.g. ReLU'd Grad-CAM for a class the layer does not support."""
+        return not np.any(self.map)
+
+    @property
+    def peak(self) -> tuple[int, int]:
+        y, x = np.unravel_index(int(np.argmax(self.map)), self.map.shape)
+        return int(y), int(x)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "method": self.method, "layer": self.layer,
+                "target": {"index": self.target, "label": self.label, "prob": self.prob},
+                "shape": list(self.map.shape), "peak": list(self.peak), "seconds": self.seconds}
+
+
+@dataclass
+class Sweep(Result):
+    target: int
+    contrast: int | None
+    maps: dict[str, np.ndarray] = field(repr=False)  # layer -> Grad-CAM float32 [H, W] at input resolution
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "target": self.target, "contrast": self.contrast, "layers": list(self.maps),
+                "seconds": self.seconds}
+
+
+# ---------------------------------------------------------------- entry points
+
+def run(model: Model, image, spec: SaliencySpec | SweepSpec, *, progress: Progress | None = None
+        ) -> Attribution | Sweep:
+    """The job runner's entry point: an `Attribution` for a `SaliencySpec`, a `Sweep` for
+    a `SweepSpec`. `image`: a PIL image or pixels [1, 3, H, W] in [0, 1]."""
+    if isinstance(spec, SweepSpec):
+        spec = spec.check(model)
+        target = spec.target if spec.target is not None else int(classify(model, model.to_pixels(image))[0].argmax())
+        return Sweep(target, spec.contrast, gradcam_sweep(model, image, target, spec.contrast, list(spec.layers)))
+    return attribute(model, image, spec.method, spec.target, spec.layer, spec.contrast, batch_size=spec.batch_size,
+                     smooth_samples=spec.smooth_samples, smooth_std=spec.smooth_std, ig_steps=spec.ig_steps,
+                     occlusion_window=spec.occlusion_window, occlusion_stride=spec.occlusion_stride,
+                     progress=progress)
+
+
+class _Score(nn.Module):
+    """Logit of `target`, minus the logit of `contrast` when given; output [N, 1].
+    Keeps the logits of its first call's first image (`first`): the image itself for
+    every method whose first pass is on it, so its probability costs no extra pass."""
+
+    def __init__(self, net: nn.Module, target: int, contrast: int | None, counter=None):
         super().__init__()
         self.net, self.target, self.contrast = net, target, contrast
-        self.counter = None
-
-    def count(self, total: int, progress) -> None:
-        """Report `progress(fraction)` as images pass through: Captum's batched loops
-        (IG steps, SmoothGrad samples, Occlusion windows) have no callback of their own."""
-        seen = 0
-
-        def counter(n):
-            nonlocal seen
-            seen += n
-            progress(min(1.0, seen / total))
-
-        self.counter = counter if progress else None
+        self.counter = counter
+        self.first: torch.Tensor | None = None
 
     def forward(self, x):
         if self.counter:
             self.counter(x.shape[0])
         logits = self.net(x)
+        if self.first is None:
+            self.first = logits[0].detach()
         s = logits[:, self.target]
         if self.contrast is not None:
             s = s - logits[:, self.contrast]
         return s[:, None]
 
 
+def _counter(total: int, progress: Progress):
+    """Report progress as images pass through (Captum's batched loops of IG steps,
+    SmoothGrad samples and occlusion windows have no callback of their own): called
+    before each batch, so a stop request ends the job within one batch."""
+    seen = 0
+
+    def count(n: int) -> None:
+        nonlocal seen
+        seen += n
+        f = min(1.0, seen / total)
+        progress(f, f"{f:.0%} of the passes")
+
+    return count
+
+
 def attribute(model: Model, image: Image.Image | torch.Tensor, method: str, target: int | None = None,
               layer: str | None = None, contrast: int | None = None, *, batch_size: int = 8,
               smooth_samples: int = 24, smooth_std: float = 0.15, ig_steps: int = 32,
-              occlusion_window: int = 32, occlusion_stride: int = 16, progress=None) -> Attribution:
-    """Attribution of one class score for one image.
+              occlusion_window: int = 32, occlusion_stride: int = 16, progress: Progress | None = None,
+              exact: bool = False) -> Attribution:
+    """Attribution of one class score for one image (the fields of `SaliencySpec`).
 
-    `image`: a PIL image, or pixels [1, 3, H, W] in [0, 1] (already resized).
-    `target`: class index (default: the model's top-1). `layer`: for CAM methods and
-    Guided Grad-CAM (default: `model.gradcam_layer`). Multi-pass methods batch their
-    passes `batch_size` at a time, so memory stays flat. `progress(fraction)` is called
-    as the passes of multi-pass methods finish.
+    `image`: a PIL image, or pixels [1, 3, H, W] in [0, 1] (already resized). Multi-pass
+    methods report `progress(fraction, text)` per batch of passes (and stop there when
+    asked). `exact`: run every pass on `pixel_net`, never on the folded `fast_net`: for
+    a model whose weights were replaced after its folded copy was made (the
+    randomization check's), where `fast_net` would still be the trained network.
     """
-    if method not in METHODS:
-        raise SaliencyError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
-    x = model.to_pixels(image) if isinstance(image, Image.Image) else image
-    n = len(model.categories)
-    with model.lock:
-        if target is None:
-            with torch.no_grad():
-                target = int(model.pixel_net(x).argmax(1))
-        for t in (target, contrast):
-            if t is not None and not 0 <= t < n:
-                raise SaliencyError(f"Class {t} does not exist; the model has {n} classes (0 to {n - 1}).")
-        if method in GUIDED:
-            check_guided(model)
-        cam_layer = check_cam_layer(model, layer) if method in CAM_METHODS + ("guided_gradcam",) else None
-        # No .eval(): the net is in eval mode already, and walking its 2,800 modules costs 2.6 ms.
-        score = _Score(model.pixel_net, target, contrast)
-        delta = layer_map = total = None
-        if method in CAM_METHODS or method == "guided_gradcam":
-            fn = {"gradcam": _gradcam, "gradcampp": _gradcampp, "scorecam": _scorecam,
-                  "guided_gradcam": _gradcam}[method]
-            layer_map = fn(model, score, x, cam_layer, batch_size, progress)
-            full = upsample(layer_map, x.shape[-2:])
-            if method == "guided_gradcam":
-                full = full * _guided_backprop(score, x)
-        else:
-            passes = {"smoothgrad": smooth_samples, "ig": ig_steps + 2,  # + the two ends for the delta
-                      "occlusion": 1 + _windows(x.shape[-2], occlusion_window, occlusion_stride)
-                      * _windows(x.shape[-1], occlusion_window, occlusion_stride)}
-            if method in passes:
-                score.count(passes[method], progress)
-            full, delta, total = _captum(method, score, x, batch_size, smooth_samples, smooth_std, ig_steps,
-                                         occlusion_window, occlusion_stride)
-    return Attribution(method, cam_layer, target, contrast, np.ascontiguousarray(full, np.float32),
-                       layer_map, delta, total)
+    spec = SaliencySpec(method, target, layer, contrast, batch_size, smooth_samples, smooth_std, ig_steps,
+                        occlusion_window, occlusion_stride).check(model)
+    progress = Progress.of(progress)
+    x = model.to_pixels(image)
+    target, contrast, cam_layer = spec.target, spec.contrast, spec.layer
+    probs = None
+    if target is None:
+        probs = classify(model, x)[0]
+        target = int(probs.argmax())
+    if METHODS[method].guided:
+        check_guided(model)
+    # No .eval(): the net is in eval mode already, and walking its 2,800 modules costs 2.6 ms.
+    score = _Score(model.pixel_net, target, contrast)
+    out = METHODS[method].compute(model, x, score, spec, progress, exact)
+    if probs is None:  # from the method's own pass on the image, where it made one
+        probs = score.first.double().softmax(-1).numpy() if score.first is not None else classify(model, x)[0]
+    return Attribution(method, cam_layer, target, contrast, np.ascontiguousarray(out.map, np.float32), out.layer_map,
+                       out.delta, out.total, label=model.categories[target], prob=float(probs[target]))
 
 
-def _windows(size: int, window: int, stride: int) -> int:
-    """Positions of a sliding window along one axis, as Captum's Occlusion counts them."""
-    return -(-max(size - window, 0) // stride) + 1
+class _Maps(NamedTuple):
+    map: np.ndarray  # [H, W] at the input's resolution
+    layer_map: np.ndarray | None = None
+    delta: float | None = None
+    total: float | None = None
 
 
 def upsample(cam: np.ndarray, size) -> np.ndarray:
@@ -164,10 +313,21 @@ def upsample(cam: np.ndarray, size) -> np.ndarray:
 
 # ---------------------------------------------------------------- CAMs over our hooks
 
+def _graph_input(model: Model, x: torch.Tensor, layers: list[str]) -> tuple[torch.Tensor, bool]:
+    """(input, leaf) for a pass whose gradient is wanted down to `layers` only. Usually the
+    recorder makes the first layer's output the graph's leaf, and the pass before it builds
+    no graph. A layer whose output a later in-place op changes (ResNet's `out += identity`)
+    cannot be a leaf: then the input carries the graph (parameters are frozen)."""
+    if any(l in model.mutated_layers for l in layers):
+        return x.detach().requires_grad_(True), False
+    return x.detach(), True
+
+
 def _layer_and_grad(model: Model, score: nn.Module, x: torch.Tensor, layer: str):
-    """The layer's output [C, h, w] and d(score)/d(output), one forward + a partial backward."""
-    x = x.detach().requires_grad_(True)  # parameters are frozen: the input carries the graph
-    with Recorder(model, [layer], detach=False) as rec, torch.enable_grad():
+    """The layer's output [C, h, w] and d(score)/d(output): one forward (with a graph from
+    the layer on) and a backward to the layer only."""
+    x, leaf = _graph_input(model, x, [layer])
+    with Recorder(model, [layer], detach=False, leaf=leaf) as rec, torch.enable_grad():
         s = score(x).sum()
         act = rec.outputs[layer]
         (grad,) = torch.autograd.grad(s, act)
@@ -191,7 +351,7 @@ def _gradcampp(model, score, x, layer, batch_size, progress=None) -> np.ndarray:
     return F.relu((weights[:, None, None] * act).sum(0)).numpy()
 
 
-def _scorecam(model, score, x, layer, batch_size, progress=None) -> np.ndarray:
+def _scorecam(model, score, x, layer, batch_size, progress: Progress) -> np.ndarray:
     """Wang et al. 2020: each channel, upsampled and min-max normalized, masks the input;
     the masked inputs' scores, softmaxed over channels, weight the channels.
 
@@ -200,7 +360,7 @@ def _scorecam(model, score, x, layer, batch_size, progress=None) -> np.ndarray:
     Masks are made a batch at a time, so memory stays flat for 1280 channels.
     """
     with Recorder(model, [layer]) as rec, torch.no_grad():
-        score.net(x)
+        score(x)
     act = rec.outputs[layer][0]
     flat = act.flatten(1)
     varying = (flat.amax(1) > flat.amin(1)).nonzero()[:, 0]
@@ -208,42 +368,33 @@ def _scorecam(model, score, x, layer, batch_size, progress=None) -> np.ndarray:
     with torch.no_grad():
         scores[:] = score(torch.zeros_like(x))[0, 0]
         for i in range(0, len(varying), batch_size):
+            progress(i / max(1, len(varying)), f"{i} of {len(varying)} channels")
             idx = varying[i: i + batch_size]
             # align_corners=True, as the Score-CAM reference code (pytorch-grad-cam) upsamples
             up = F.interpolate(act[idx][None], size=x.shape[-2:], mode="bilinear", align_corners=True)[0]
             lo, hi = up.amin((1, 2), keepdim=True), up.amax((1, 2), keepdim=True)
             scores[idx] = score(x * ((up - lo) / (hi - lo + EPS))[:, None])[:, 0]
-            if progress:
-                progress(min(1.0, (i + batch_size) / len(varying)))
+        progress(1.0, f"{len(varying)} of {len(varying)} channels")
     weights = torch.softmax(scores, 0)
     return F.relu((weights[:, None, None] * act).sum(0)).numpy()
 
 
-def stage_layers(model: Model) -> list[str]:
-    """The last CAM layer at each spatial resolution: one per stage of the network."""
-    last: dict[tuple, str] = {}
-    for name in cam_layers(model):
-        last[next(l.shape[1:] for l in model.layers if l.name == name)] = name
-    return list(last.values())
-
-
-def gradcam_sweep(model: Model, image: Image.Image, target: int | None = None, contrast: int | None = None,
-                  layers: list[str] | None = None) -> dict[str, np.ndarray]:
+def gradcam_sweep(model: Model, image: Image.Image | torch.Tensor, target: int | None = None,
+                  contrast: int | None = None, layers: list[str] | None = None) -> dict[str, np.ndarray]:
     """Grad-CAM at several layers from one forward and one backward pass, each map
     upsampled to the input: early layers are sharp but literal, late ones coarse
     but semantic."""
     x = model.to_pixels(image)
     layers = [check_cam_layer(model, l) for l in (layers or stage_layers(model))]
-    with model.lock:
-        if target is None:
-            with torch.no_grad():
-                target = int(model.pixel_net(x).argmax(1))
-        score = _Score(model.pixel_net, target, contrast)
-        xg = x.detach().requires_grad_(True)
-        with Recorder(model, layers, detach=False) as rec, torch.enable_grad():
-            s = score(xg).sum()
-            acts = [rec.outputs[l] for l in layers]
-            grads = torch.autograd.grad(s, acts)
+    if target is None:
+        with torch.no_grad():
+            target = int(model.pixel_net(x).argmax(1))
+    score = _Score(model.pixel_net, target, contrast)
+    xg, leaf = _graph_input(model, x, layers)
+    with Recorder(model, layers, detach=False, leaf=leaf) as rec, torch.enable_grad():
+        s = score(xg).sum()
+        acts = [rec.outputs[l] for l in layers]
+        grads = torch.autograd.grad(s, acts)
     out = {}
     for name, act, grad in zip(layers, acts, grads):
         cam = F.relu((grad[0].mean((1, 2))[:, None, None] * act.detach()[0]).sum(0)).numpy()
@@ -251,30 +402,73 @@ def gradcam_sweep(model: Model, image: Image.Image, target: int | None = None, c
     return out
 
 
+def _cam(fn):
+    """A CAM method over `fn(model, score, x, layer, batch_size, progress)` -> the layer's map."""
+    def compute(model, x, score, spec, progress, exact) -> _Maps:
+        layer_map = fn(model, score, x, spec.layer, spec.batch_size, progress)
+        return _Maps(upsample(layer_map, x.shape[-2:]), layer_map)
+    return compute
+
+
+def _guided_gradcam(model, x, score, spec, progress, exact) -> _Maps:
+    cam = _cam(_gradcam)(model, x, score, spec, progress, exact)
+    return _Maps(cam.map * _guided_backprop(score, x), cam.layer_map)
+
+
 # ---------------------------------------------------------------- Captum
+# Passes go through `score` (pixel_net; a first pass on the image gives the target's
+# probability), except IG's and SmoothGrad's many gradient passes: those go through `_fast`
+# (the folded network). Multi-pass methods count their images into `progress`.
 
-def _captum(method, score, x, batch_size, samples, std, steps, window, stride):
-    from captum.attr import IntegratedGradients, NoiseTunnel, Occlusion, Saliency
+def _fast(model, score: _Score, exact: bool) -> _Score:
+    return _Score(model.pixel_net if exact else model.fast_net, score.target, score.contrast, score.counter)
 
-    x = x.detach().requires_grad_(True)
-    if method == "gradients":
-        a = Saliency(score).attribute(x, target=0, abs=True)
-    elif method == "smoothgrad":
-        a = NoiseTunnel(Saliency(score)).attribute(
-            x, nt_type="smoothgrad", nt_samples=samples, nt_samples_batch_size=batch_size, stdevs=std, target=0, abs=True)
-    elif method == "ig":
-        a, d = IntegratedGradients(score).attribute(
-            x, baselines=torch.zeros_like(x), target=0, n_steps=steps, internal_batch_size=batch_size,
-            return_convergence_delta=True)
-        return a.detach()[0].sum(0).abs().numpy(), float(d.abs().max()), float(a.detach().sum())
-    elif method == "occlusion":
-        a = Occlusion(score).attribute(
-            x.detach(), sliding_window_shapes=(3, window, window), strides=(3, stride, stride), target=0,
-            baselines=0.5, perturbations_per_eval=batch_size)
-        return a[0].mean(0).numpy(), None, None  # signed: the score drops where the patch hides evidence
-    elif method == "guided_backprop":
-        return _guided_backprop(score, x), None, None
-    return a.detach()[0].amax(0).numpy(), None, None
+
+def _gradients(model, x, score, spec, progress, exact) -> _Maps:
+    from captum.attr import Saliency
+
+    a = Saliency(score).attribute(x.detach().requires_grad_(True), target=0, abs=True)
+    return _Maps(a.detach()[0].amax(0).numpy())
+
+
+def _smoothgrad(model, x, score, spec, progress, exact) -> _Maps:
+    """Every pass is on a noisy copy: the image's probability costs `attribute` one more."""
+    from captum.attr import NoiseTunnel, Saliency
+
+    score.counter = _counter(spec.smooth_samples, progress)
+    a = NoiseTunnel(Saliency(_fast(model, score, exact))).attribute(
+        x.detach().requires_grad_(True), nt_type="smoothgrad", nt_samples=spec.smooth_samples,
+        nt_samples_batch_size=spec.batch_size, stdevs=spec.smooth_std, target=0, abs=True)
+    return _Maps(a.detach()[0].amax(0).numpy())
+
+
+def _integrated_gradients(model, x, score, spec, progress, exact) -> _Maps:
+    from captum.attr import IntegratedGradients
+
+    score.counter = _counter(spec.ig_steps + 2, progress)
+    base = torch.zeros_like(x)
+    a = IntegratedGradients(_fast(model, score, exact)).attribute(
+        x.detach().requires_grad_(True), baselines=base, target=0, n_steps=spec.ig_steps,
+        internal_batch_size=spec.batch_size).detach()
+    with torch.no_grad():  # the two ends on the network the user sees; the first gives the image's logits
+        ends = torch.cat([score(x.detach()), score(base)])[:, 0]  # one at a time: as `classify` rounds
+    total = a.sum()
+    return _Maps(a[0].sum(0).abs().numpy(), None, float((total - (ends[0] - ends[1])).abs()), float(total))
+
+
+def _occlusion(model, x, score, spec, progress, exact) -> _Maps:
+    from captum.attr import Occlusion
+
+    score.counter = _counter(_occlusion_passes(spec, x.shape[-2:]), progress)  # x may be smaller than the input
+    a = Occlusion(score).attribute(
+        x.detach(), sliding_window_shapes=(3, spec.occlusion_window, spec.occlusion_window),
+        strides=(3, spec.occlusion_stride, spec.occlusion_stride), target=0, baselines=0.5,
+        perturbations_per_eval=spec.batch_size)
+    return _Maps(a[0].mean(0).numpy())  # signed: the score drops where the patch hides evidence
+
+
+def _guided_backprop_map(model, x, score, spec, progress, exact) -> _Maps:
+    return _Maps(_guided_backprop(score, x))
 
 
 def _guided_backprop(score, x) -> np.ndarray:
@@ -282,6 +476,24 @@ def _guided_backprop(score, x) -> np.ndarray:
 
     a = GuidedBackprop(score).attribute(x.detach().requires_grad_(True), target=0)
     return a.detach()[0].abs().amax(0).numpy()
+
+
+# ---------------------------------------------------------------- the registry
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("gradcam", "Grad-CAM", _cam(_gradcam), takes_layer=True),
+    Method("gradcampp", "Grad-CAM++", _cam(_gradcampp), takes_layer=True),
+    Method("scorecam", "Score-CAM (slow: one pass per channel)", _cam(_scorecam), _scorecam_passes,
+           takes_layer=True, trust=False),
+    Method("guided_gradcam", "Guided Grad-CAM", _guided_gradcam, lambda spec, model: 2, takes_layer=True,
+           guided=True, trust=False),
+    Method("gradients", "Vanilla gradients", _gradients),
+    Method("smoothgrad", "SmoothGrad", _smoothgrad, lambda spec, model: spec.smooth_samples),
+    Method("ig", "Integrated Gradients", _integrated_gradients,
+           lambda spec, model: spec.ig_steps + 2),  # + the two ends for the delta
+    Method("occlusion", "Occlusion", _occlusion, lambda spec, model: _occlusion_passes(spec, model.input_size)),
+    Method("guided_backprop", "Guided Backprop", _guided_backprop_map, guided=True, trust=False),
+)}
 
 
 # ---------------------------------------------------------------- guided methods

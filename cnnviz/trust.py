@@ -1,26 +1,121 @@
 """Checks of whether a saliency map explains the model at all.
 
-- `randomization_check`: Adebayo et al. 2018's cascading model randomization. Weights
-  are re-drawn from the top block down, one block more per step, on a copy of the
-  network; a method whose map barely changes (high rank correlation with the original)
-  is not explaining what the model learned.
-- `deletion_curve`: remove the most salient pixels first and watch the target
+One job, `run(model, image, TrustSpec(methods, target))` -> `TrustReport`, runs both
+checks for several methods (the saliency page's "Trust checks" tab, and
+`python -m cnnviz trust`):
+
+- Model randomization (`randomization_check`): Adebayo et al. 2018's cascading model
+  randomization. Weights are re-drawn from the top block down, one block more per step;
+  a method whose map barely changes (high rank correlation with the original) is not
+  explaining what the model learned. The new weights are new Parameters put in place of
+  the old ones, which are put back at the end: the job runner hands this job a private
+  copy of the modules (it is heavy), whose weight tensors are the shared model's, so
+  swapping Parameters (never writing into them) leaves every other session's model alone.
+- Deletion (`deletion_curve`): remove the most salient pixels first and watch the target
   probability fall; a faithful map makes it fall faster (smaller area) than a random
   order does.
 """
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
+from .contract import CnnvizError, NotFound, Progress, Result, Spec
 from .model import Model
-from .saliency import attribute
+from .predict import classify
+from .saliency import METHODS, SaliencySpec, attribute, check_class
 
-Progress = Callable[[float, str], None]
+DEFAULT_METHODS = ("gradcam", "gradients", "ig")
+DELETION_STEPS = 20
+RANDOM = "random"  # the deletion curve of a seeded random order, next to the methods'
+
+
+class TrustError(CnnvizError):
+    """Trust-check parameters that cannot work."""
+
+
+def trust_methods() -> list[str]:
+    """The methods the checks are offered for (not the guided ones, not Score-CAM)."""
+    return [name for name, m in METHODS.items() if m.trust]
+
+
+@dataclass(frozen=True)
+class TrustSpec(Spec):
+    """Both checks for `methods` (names from `trust_methods()`) and one target class
+    (None: the top-1). `steps`: randomization steps after the trained model; `seed`:
+    the new weights and the random deletion order."""
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    target: int | None = None
+    steps: int = 6
+    seed: int = 0
+
+    def check(self, model) -> "TrustSpec":
+        methods = tuple(dict.fromkeys(self.methods))
+        if not methods:
+            raise TrustError("Choose at least one method to check.")
+        for m in methods:
+            if m not in METHODS:
+                raise NotFound("method", m, trust_methods())
+            if not METHODS[m].trust:
+                raise TrustError(f"The trust checks do not take {METHODS[m].label}; choose from "
+                                 f"{', '.join(trust_methods())}.")
+        if int(self.steps) < 1:
+            raise TrustError(f"steps must be at least 1 (got {self.steps}).")
+        checked = replace(self, methods=methods, target=check_class(model, self.target), steps=int(self.steps),
+                          seed=int(self.seed))
+        return self if checked == self else checked
+
+    def passes(self, model) -> int:
+        maps = sum(METHODS[m].passes(SaliencySpec(m), model) for m in self.methods if m in METHODS)
+        return maps * len(_cuts(randomization_blocks(model), self.steps)) + len(self.methods) + 1
+
+
+@dataclass
+class TrustReport(Result):
+    target: int
+    label: str
+    prob: float  # the target's probability on the image
+    methods: list[str]
+    steps: list[str]  # "trained", then how much of the network is random
+    blocks: list[str]  # the cascade's blocks, top first
+    correlation: dict[str, list[float]]  # method -> rank correlation with its trained map, per step
+    deletion: dict[str, list[float]]  # method (and RANDOM) -> target probability as pixels are removed
+    areas: dict[str, float]  # method (and RANDOM) -> area under its deletion curve (lower: more faithful)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "target": {"index": self.target, "label": self.label, "prob": self.prob},
+                "methods": list(self.methods), "steps": list(self.steps), "blocks": list(self.blocks),
+                "correlation": self.correlation, "deletion": self.deletion, "areas": self.areas,
+                "seconds": self.seconds}
+
+
+def run(model: Model, image, spec: TrustSpec, *, progress: Progress | None = None) -> TrustReport:
+    """The randomization check (80% of the progress) and a deletion curve per method and
+    for a random order (the rest). Run it through the job runner (`jobs.run`): it is a
+    heavy job, so it gets a private copy of the modules to randomize."""
+    spec = spec.check(model)
+    progress = Progress.of(progress)
+    x = model.to_pixels(image)
+    target = spec.target if spec.target is not None else int(classify(model, x)[0].argmax())
+    maps: dict = {}  # the trained model's attributions, from the randomization's first step
+    rand = randomization_check(model, x, list(spec.methods), target, spec.steps, spec.seed,
+                               progress=progress.part(0.0, 0.8), keep=maps)
+    curves, areas = {}, {}
+    names = [*spec.methods, RANDOM]
+    for i, m in enumerate(names):
+        progress(0.8 + 0.2 * i / len(names), f"Deletion curve: {METHODS[m].label if m in METHODS else 'random order'}")
+        curve = deletion_curve(model, image, maps[m].map if m in maps else None, target, DELETION_STEPS, spec.seed)
+        curves[m], areas[m] = curve.tolist(), area(curve)
+    progress(1.0, "Done")
+    first = maps[spec.methods[0]]
+    return TrustReport(target, first.label, first.prob, list(spec.methods), rand["steps"], rand["blocks"],
+                       rand["correlation"], curves, areas)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -56,44 +151,76 @@ def randomization_blocks(model: Model) -> list[str]:
     return blocks
 
 
-def _randomize(net: nn.Module, names: list[str], gen: torch.Generator) -> None:
-    """New random parameters (same shape and spread) for the named modules. New tensors
-    in place of the old: the copy shares its tensors with the model every session uses."""
-    for name in names:
-        mod = net.get_submodule(name)
-        for path, p in list(mod.named_parameters()):
-            owner, _, leaf = path.rpartition(".")
-            std = float(p.std()) if p.numel() > 1 else 1.0
-            new = torch.randn(p.shape, generator=gen) * (std or 1.0)
-            setattr(mod.get_submodule(owner) if owner else mod, leaf, nn.Parameter(new, p.requires_grad))
+def _cuts(blocks: list[str], steps: int) -> list[int]:
+    """How many blocks (from the top) are random at each step; 0 first (the trained model)."""
+    return sorted(set(int(round(k)) for k in np.linspace(0, len(blocks), steps + 1)))
 
 
-def randomization_check(model: Model, image: Image.Image, methods: list[str], target: int, steps: int = 6,
-                        seed: int = 0, progress: Progress | None = None) -> dict:
-    """{"steps": [label...], "correlation": {method: [rho per step]}}; step 0 is the
-    trained model (rho = 1). The shared model is never modified: a copy is."""
+@contextlib.contextmanager
+def randomizing(net: nn.Module):
+    """Yields `randomize(names, gen)`, which gives the named modules new random
+    parameters (same shape and spread); every parameter it replaced is put back on exit,
+    also on error. New tensors in place of the old, never writes into them: a private
+    copy shares its tensors with the model every session uses."""
+    saved: list[tuple[nn.Module, str, nn.Parameter]] = []
+
+    def randomize(names: list[str], gen: torch.Generator) -> None:
+        for name in names:
+            mod = net.get_submodule(name)
+            for path, p in list(mod.named_parameters()):
+                owner, _, leaf = path.rpartition(".")
+                holder = mod.get_submodule(owner) if owner else mod
+                std = float(p.std()) if p.numel() > 1 else 1.0
+                new = torch.randn(p.shape, generator=gen) * (std or 1.0)
+                saved.append((holder, leaf, p))
+                setattr(holder, leaf, nn.Parameter(new, p.requires_grad))
+
+    try:
+        yield randomize
+    finally:
+        for holder, leaf, p in reversed(saved):
+            setattr(holder, leaf, p)
+
+
+def randomization_check(model: Model, image: Image.Image | torch.Tensor, methods: list[str], target: int,
+                        steps: int = 6, seed: int = 0, progress: Progress | None = None,
+                        keep: dict | None = None) -> dict:
+    """{"steps": [label...], "correlation": {method: [rho per step]}, "blocks": [...]};
+    step 0 is the trained model (rho = 1). `model`'s parameters are swapped for random
+    ones step by step and put back at the end (see `randomizing`). `keep`, a dict, gets
+    the trained model's `Attribution` per method. Every map reports to `progress` (per
+    batch for multi-pass methods), so a stop request ends the check within one batch."""
+    progress = Progress.of(progress)
     blocks = randomization_blocks(model)[::-1]  # top first
-    cuts = sorted(set(int(round(k)) for k in np.linspace(0, len(blocks), steps + 1)))
+    cuts = _cuts(blocks, steps)
     x = model.to_pixels(image)
-    originals = {m: attribute(model, x, m, target).map for m in methods}
-    shadow = model.private_copy()
-    net = shadow.net
-    gen = torch.Generator().manual_seed(seed)
     result = {"steps": [], "correlation": {m: [] for m in methods}, "blocks": blocks}
-    done = 0
-    for i, cut in enumerate(cuts):
-        _randomize(net, blocks[done:cut], gen)
-        done = cut
-        result["steps"].append("trained" if cut == 0 else f"top {cut} of {len(blocks)} blocks random")
-        for m in methods:
-            result["correlation"][m].append(1.0 if cut == 0 else spearman(originals[m], attribute(shadow, x, m, target).map))
-        if progress:
-            progress((i + 1) / len(cuts), result["steps"][-1])
+    originals = {} if keep is None else keep
+    slots, done = len(cuts) * len(methods), 0
+    gen = torch.Generator().manual_seed(seed)
+    with randomizing(model.net) as randomize:
+        for i, cut in enumerate(cuts):
+            randomize(blocks[done:cut], gen)
+            done = cut
+            step = "trained" if cut == 0 else f"top {cut} of {len(blocks)} blocks random"
+            result["steps"].append(step)
+            for j, m in enumerate(methods):
+                k = i * len(methods) + j
+                text = f"{'the trained model' if cut == 0 else step}: {METHODS[m].label}"
+                progress(k / slots, text)
+                part = progress.part(k / slots, (k + 1) / slots, f"{text}, ")
+                if cut == 0:
+                    originals[m] = attribute(model, x, m, target, progress=part)
+                    result["correlation"][m].append(1.0)
+                else:
+                    # exact: the folded fast_net is shared by every copy, so it is the trained network
+                    a = attribute(model, x, m, target, progress=part, exact=True)
+                    result["correlation"][m].append(spearman(originals[m].map, a.map))
     return result
 
 
-def deletion_curve(model: Model, image: Image.Image, saliency: np.ndarray | None, target: int, steps: int = 20,
-                   seed: int = 0, blur: float = 12.0) -> np.ndarray:
+def deletion_curve(model: Model, image: Image.Image | torch.Tensor, saliency: np.ndarray | None, target: int,
+                   steps: int = 20, seed: int = 0, blur: float = 12.0) -> np.ndarray:
     """Target probability as the top 0, 1/steps, ..., 100% of pixels (by `saliency`, or a
     seeded random order when None) are replaced by a blurred copy; one batched pass.
     Blur rather than grey: scattered grey pixels are noise that fails any CNN, and
@@ -113,9 +240,7 @@ def deletion_curve(model: Model, image: Image.Image, saliency: np.ndarray | None
         idx = torch.from_numpy(order[: round(k * h * w / steps)])
         flat = batch[k].view(3, -1)
         flat[:, idx] = fill[:, idx]
-    with model.lock, torch.no_grad():
-        probs = model.pixel_net(batch).softmax(1)[:, target]
-    return probs.numpy().astype(np.float64)
+    return classify(model, batch)[:, target]
 
 
 def area(curve: np.ndarray) -> float:

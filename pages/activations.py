@@ -2,7 +2,7 @@ import io
 
 import numpy as np
 import streamlit as st
-from PIL import Image, ImageOps
+from PIL import ImageOps
 
 from cnnviz import activations as A
 from cnnviz import render
@@ -11,6 +11,7 @@ from cnnviz.app.clicks import new_click
 from cnnviz.app.router import selection
 from cnnviz.app.sidebar import IMAGE_TYPES
 from cnnviz.images import ImageError
+from cnnviz.pixels import png_bytes
 from cnnviz.app.url import restore
 from cnnviz.samples import sample_paths
 
@@ -25,8 +26,8 @@ st.markdown(
     "what they answer to moves from edges and colours to parts and whole objects."
 )
 
-acts = cache.activations(model.id, sel.image_sha, model, sel.image)
-names = list(acts)
+rec = cache.run_shared(A.ActivationsSpec(), model, sel.image, sel.image_sha, label="Recording every layer:")
+acts, names = rec.maps, rec.layers
 info = {l.name: l for l in model.layers}
 
 
@@ -34,7 +35,7 @@ info = {l.name: l for l in model.layers}
 
 restore("act_layer", "layer", lambda v: v in acts)
 restore("act_sort", "sort", lambda v: v in A.SORTS)
-restore("act_scale", "scale", lambda v: v in ("global", "channel"))
+restore("act_scale", "scale", lambda v: v in A.SCALES)
 restore("act_channel", "channel", lambda v: v >= 0, int)
 if ss.get("act_layer") not in acts:  # first visit, or a model without that layer
     ss["act_layer"] = names[0]
@@ -62,8 +63,6 @@ def _on_layer() -> None:
     _set_layer(ss["act_layer"])
 
 
-
-
 def _label(name: str) -> str:
     c, h, w = acts[name].shape
     return f"{names.index(name) + 1}. {name} · {info[name].type} · {c}x{h}x{w}"
@@ -79,14 +78,8 @@ if (ch := new_click("act_mosaic")) is not None and 0 <= int(ch) < C:
 
 # ---------------------------------------------------------------- layer picker
 
-def _block(name: str) -> str:
-    return name.split("#")[0].rsplit(".", 1)[0] if "." in name else "top level (stem, head)"
-
-
-blocks = {}
-for n in names:  # stage/block -> its first layer, in execution order
-    blocks.setdefault(_block(n), n)
-ss["act_block"] = _block(ss["act_layer"])
+blocks = A.blocks(names)  # stage/block -> its first layer, in execution order
+ss["act_block"] = A.block_of(ss["act_layer"])
 
 group, left, mid, right = st.columns([2, 5, 1, 1], vertical_alignment="bottom")
 group.selectbox("Block", list(blocks), key="act_block", on_change=lambda: _set_layer(blocks[ss["act_block"]]))
@@ -97,11 +90,11 @@ st.slider("Depth: focus the slider and use the arrow keys to walk through the ne
           key="act_depth", on_change=_on_depth)
 
 layer = ss["act_layer"]
-stats = A.ChannelStats.of(layer_acts)
+stats = rec.stats(layer)
 c1, c2, c3 = st.columns(3)
 c1.radio("Sort channels by", A.SORTS, key="act_sort", horizontal=True,
          format_func={"mean": "mean", "max": "max", "sparsity": "sparsity (most zeros first)"}.get)
-c2.radio("Colour scale", ("global", "channel"), key="act_scale", horizontal=True,
+c2.radio("Colour scale", A.SCALES, key="act_scale", horizontal=True,
          format_func={"global": "same for all channels", "channel": "per channel"}.get,
          help="Same scale: tiles are comparable. Per channel: weak maps show their shape too.")
 c3.number_input(f"Channel (0 to {C - 1})", 0, C - 1, key="act_channel")
@@ -113,7 +106,7 @@ tab_channels, tab_depth, tab_compare = st.tabs(["Channels", "Depth summary", "Co
 # ---------------------------------------------------------------- mosaic + detail
 
 with tab_channels:
-    rgb, grid = cache.mosaic(model.id, sel.image_sha, layer, ss["act_sort"], ss["act_scale"], layer_acts)
+    rgb, grid = rec.mosaic(layer, ss["act_sort"], ss["act_scale"])
     c, h, w = layer_acts.shape
     st.caption(
         f"**{layer}** ({info[layer].type}): {c} maps of {h}x{w}, sorted by {ss['act_sort']}; "
@@ -129,9 +122,7 @@ with tab_channels:
         top = stats.order("mean")[:10]
         st.dataframe({"channel": top, "mean": stats.mean[top].round(4), "max": stats.max[top].round(4)},
                      hide_index=True, width="stretch")
-        png = io.BytesIO()
-        Image.fromarray(rgb).save(png, "PNG")
-        st.download_button("Mosaic (PNG)", png.getvalue(), f"mosaic-{layer}.png", "image/png", width="stretch")
+        st.download_button("Mosaic (PNG)", png_bytes(rgb), f"mosaic-{layer}.png", "image/png", width="stretch")
         npy = io.BytesIO()
         np.save(npy, layer_acts)
         st.download_button("Activations (.npy)", npy.getvalue(), f"activations-{layer}.npy",
@@ -161,8 +152,7 @@ with tab_channels:
 with tab_depth:
     st.caption("One point per layer. Watch the maps shrink (stride, pooling) while the channels "
                "multiply, and how many values the ReLUs set to zero. Click a point to open that layer.")
-    summary = cache.depth_summary(model.id, sel.image_sha, acts)
-    st.plotly_chart(render.depth_figure(summary, layer), key="act_depth_chart", on_select="rerun",
+    st.plotly_chart(render.depth_figure(rec.depth_summary(), layer), key="act_depth_chart", on_select="rerun",
                     selection_mode="points")
 
 # ---------------------------------------------------------------- compare
@@ -194,7 +184,7 @@ with tab_compare:
         data = sample_paths()[other].read_bytes()
         sha_b = cache.sha(data)
         image_b, label_b = cache.image(sha_b, data, other), other
-    acts_b = cache.activations(model.id, sha_b, model, image_b)[layer]
+    acts_b = cache.run_shared(A.ActivationsSpec(), model, image_b, sha_b, label="Recording every layer:").maps[layer]
     a_map, b_map = layer_acts[channel], acts_b[channel]
     lo, hi = float(min(a_map.min(), b_map.min())), float(max(a_map.max(), b_map.max()))
     x1, x2 = st.columns(2)

@@ -6,7 +6,9 @@ from cnnviz import render
 from cnnviz.app import cache
 from cnnviz.app.router import selection
 from cnnviz.app.url import restore
+from cnnviz.pixels import from_uint8
 from cnnviz.predict import top_k
+from cnnviz.saliency import SaliencySpec
 
 sel = selection()
 model = sel.model
@@ -22,7 +24,7 @@ st.markdown(
 )
 
 STEP_SIZES = ("auto", "0.25", "0.5", "1", "2", "4")
-restore("adv_method", "attack", lambda v: v in A.METHODS)
+restore("adv_method", "attack", lambda v: v in A.ATTACKS)
 restore("adv_eps", "eps", lambda v: 1 <= v <= 32, int)
 restore("adv_steps", "steps", lambda v: 1 <= v <= 100, int)
 restore("adv_step", "step", lambda v: v in STEP_SIZES)
@@ -44,12 +46,12 @@ def _class_label(i: int) -> str:
 
 
 c1, c2, c3, c4 = st.columns([1, 2, 2, 2])
-method = c1.radio("Attack", A.METHODS, key="adv_method", format_func=str.upper,
-                  help="FGSM: one step of the full budget along the gradient's sign. "
-                       "PGD: many small steps, each projected back into the budget.")
+method = c1.radio("Attack", list(A.ATTACKS), key="adv_method", format_func=lambda m: A.ATTACKS[m].label,
+                  help=" ".join(f"{a.label}: {a.help}" for a in A.ATTACKS.values()))
 eps = c2.slider("Budget (L-infinity, in 1/255)", 1, 32, key="adv_eps",
                 help="No pixel value changes by more than this many levels out of 255.")
-pgd = method == "pgd"
+name = A.ATTACKS[method].label
+pgd = A.ATTACKS[method].iterative
 steps = c3.slider("PGD steps", 1, 100, key="adv_steps", disabled=not pgd)
 step = c4.select_slider("PGD step size (1/255)", STEP_SIZES, key="adv_step", disabled=not pgd,
                         help="auto: 2.5 x budget / steps. The last quarter of the steps move one level at a "
@@ -86,12 +88,11 @@ for k in ("steps", "step", "start", "target"):
         del qp[k]
 qp.update(params)
 
-step_size = None if step == "auto" or not pgd else float(step)
-args = (method, float(eps), int(steps) if pgd else 1, step_size, target, bool(random_start and pgd), int(seed))
 try:
-    with st.spinner(f"{method.upper()} at {eps}/255..."):
-        res = cache.adversarial(model.id, sel.image_sha, *args, model, sel.image)
-        ctl = cache.adversarial_noise(model.id, sel.image_sha, float(eps), int(seed), model, sel.image)
+    spec = A.AttackSpec(method, eps, steps, None if step == "auto" else float(step), target, random_start, seed,
+                        png=True).check(model)  # FGSM's: no steps, no random start (one cache entry)
+    res = cache.run(spec, model, sel.image, sel.image_sha, label=f"{name} at {eps}/255:")
+    ctl = cache.run(A.NoiseSpec(float(eps), int(seed)), model, sel.image, sel.image_sha)
 except A.AttackError as e:
     st.error(str(e))
     st.stop()
@@ -101,12 +102,12 @@ before, after = res.probs_before, res.probs_after
 was = f"**{cat[res.label]}** ({before[res.label]:.1%})"
 now = f"**{cat[res.predicted]}** ({after[res.predicted]:.1%})"
 if res.success:
-    st.success(f"{method.upper()} at {eps}/255 turned {was} into {now}.", icon=":material/bug_report:")
+    st.success(f"{name} at {eps}/255 turned {was} into {now}.", icon=":material/bug_report:")
 elif target is not None:
-    st.warning(f"{method.upper()} at {eps}/255 did not reach {cat[target]} (now {now}, {cat[target]} at "
+    st.warning(f"{name} at {eps}/255 did not reach {cat[target]} (now {now}, {cat[target]} at "
                f"{after[target]:.1%}). Raise the budget or the steps, or pick a target from the suggestions.")
 else:
-    st.warning(f"{method.upper()} at {eps}/255 did not change the answer {was} (now {after[res.label]:.1%}). "
+    st.warning(f"{name} at {eps}/255 did not change the answer {was} (now {after[res.label]:.1%}). "
                "Raise the budget, or use PGD with more steps.")
 
 pert, gain = render.perturbation_image(res.delta)
@@ -121,7 +122,7 @@ p4.image(ctl.adversarial, caption=f"Control, random signs of the same size: {cat
                                   f"({ctl.probs_after[ctl.predicted]:.1%})", width="stretch")
 b1, b2, b3 = st.columns(3)
 b1.plotly_chart(render.topk_bar(top_k(model, before), "Top-5 before"), key="adv_top_before")
-b2.plotly_chart(render.topk_bar(top_k(model, after), f"Top-5 after {method.upper()}"), key="adv_top_after")
+b2.plotly_chart(render.topk_bar(top_k(model, after), f"Top-5 after {name}"), key="adv_top_after")
 b3.plotly_chart(render.topk_bar(top_k(model, ctl.probs_after), "Top-5 after random noise"), key="adv_top_noise")
 st.caption(
     ("The random noise changed the answer too: this image sits near a decision boundary."
@@ -132,14 +133,13 @@ st.caption(
 tab_png, tab_cam, tab_sweep = st.tabs(["Download (8-bit PNG)", "Where the decision moved", "Budget sweep"])
 
 with tab_png:
-    check = cache.adversarial_png(model.id, (sel.image_sha, *args), model, res)
-    got = f"{cat[int(check.probs.argmax())]} ({check.probs.max():.1%})"
-    if check.success:
+    got = f"{cat[int(res.png_probs.argmax())]} ({res.png_probs.max():.1%})"
+    if res.png_success:
         st.success(f"Saved as an 8-bit PNG, reloaded and classified again: {got}. The file still fools the model.")
     else:
         st.warning(f"Saved as an 8-bit PNG, reloaded and classified again: {got}. The file does not fool the "
                    "model" + (" (neither did the attack)." if not res.success else "; rounding undid the attack."))
-    st.download_button("Adversarial image (PNG)", check.png, f"adversarial-{method}-{eps}.png", "image/png",
+    st.download_button("Adversarial image (PNG)", res.png, f"adversarial-{method}-{eps}.png", "image/png",
                        key="adv_download")
     st.caption(f"{res.adversarial.shape[1]}x{res.adversarial.shape[0]} pixels, the network's input size: the "
                "check classifies it as is. Resizing it again (as the sidebar does with uploads) smooths the "
@@ -154,7 +154,7 @@ with tab_cam:
         g.append((res.adversarial, res.label, f"adversarial, still explaining {cat[res.label]}"))
     cols = st.columns(len(g))
     for col, (rgb, cls, text) in zip(cols, g):
-        cam = cache.adversarial_gradcam(model.id, cache.sha(rgb.tobytes()), cls, model, rgb)
+        cam = cache.run(SaliencySpec("gradcam", target=cls), model, from_uint8(rgb), cache.sha(rgb.tobytes())).map
         col.image(render.overlay(Image.fromarray(rgb), cam, 0.5, "jet"), caption=text, width="stretch")
 
 with tab_sweep:
@@ -162,12 +162,12 @@ with tab_sweep:
                "image. The dashed line marks the smallest budget that changes the decision.")
     top = st.slider("Up to (1/255)", 2, 32, key="adv_sweep_max")
     qp["sweep"] = str(top)
-    budgets = tuple(float(b) for b in range(1, top + 1))
-    key = (model.id, sel.image_sha, method, budgets, *args[2:])
+    sweep_spec = spec.sweep(range(1, top + 1))
+    key = (model.id, sel.image_sha, sweep_spec.key())
     if st.button("Run the budget sweep", key="adv_sweep_run"):
         ss["adv_sweep"] = key
     if ss.get("adv_sweep") == key:
-        sweep = cache.adversarial_sweep(model.id, sel.image_sha, method, budgets, *args[2:], model, sel.image)
+        sweep = cache.run(sweep_spec, model, sel.image, sel.image_sha, label="Budget sweep:")
         st.plotly_chart(render.budget_figure(sweep, cat[sweep.label], cat[target] if target is not None else None,
                                              float(eps)), key="adv_sweep_chart")
         if sweep.smallest is None:
@@ -175,4 +175,4 @@ with tab_sweep:
         else:
             st.markdown(f"Smallest budget that changes the decision: **{sweep.smallest:g}/255**.")
     else:
-        st.caption(f"{top} attacks of {args[2]} step(s) each; press the button to start.")
+        st.caption(f"{top} attacks of {res.steps} step(s) each; press the button to start.")

@@ -3,11 +3,13 @@ import streamlit as st
 
 from cnnviz import featurevis as FV
 from cnnviz import filters as Fi
-from cnnviz import render
+from cnnviz import jobs, render
 from cnnviz.activations import spatial_layers
 from cnnviz.app import cache
 from cnnviz.app.router import selection
 from cnnviz.app.url import restore
+from cnnviz.contract import Cancelled, CnnvizError, Progress
+from cnnviz.pixels import png_bytes
 
 sel = selection()
 model = sel.model
@@ -32,7 +34,7 @@ view = st.radio("View", list(VIEWS), key="flt_view", format_func=VIEWS.get, hori
 
 
 def _png(rgb) -> bytes:
-    return FV.png_bytes(np.ascontiguousarray(rgb))
+    return png_bytes(np.ascontiguousarray(rgb))
 
 
 # ---------------------------------------------------------------- weights
@@ -49,40 +51,34 @@ def weights_view() -> dict:
                         format_func=lambda n: f"{n} · {'x'.join(map(str, shapes[n]))}")
     sort = c2.radio("Order", ("norm", "index"), key="flt_sort", horizontal=True,
                     format_func={"norm": "strongest first (L2 norm)", "index": "as stored"}.get)
-    f = Fi.of(model, conv)
-    out, cin, kh, kw = f.weights.shape
-    norms = f.norms
-    order = f.order(sort)
+    r = cache.run(Fi.FiltersSpec(conv, sort), model)
+    out, cin, kh, kw = r.shape
     params = {"view": "weights", "conv": conv, "sort": sort}
-    if f.kind == "rgb":
-        rgb, grid = Fi.rgb_tiles(f, order)
+    if r.kind == "rgb":
         st.caption(f"**{conv}**: {out} filters of {kh}x{kw} over the 3 colour channels. Each tile is stretched "
                    "from its own lowest to highest weight and enlarged without blurring, so one weight is one square.")
-        texts = [f"filter {k}<br>norm {norms[k]:.3g}" for k in grid.order]
         name = f"filters-{conv}.png"
-    elif f.kind == "depthwise":
-        rgb, grid = Fi.depthwise_tiles(f, order)
+    elif r.kind == "depthwise":
         st.caption(f"**{conv}** is depthwise: filter k looks only at input channel k ({out} filters of {kh}x{kw}, "
                    "one grey tile each, white = most positive). Mixing channels is left to the 1x1 convolutions "
                    "around it (MobileNet's depthwise separable convolution).")
-        texts = [f"filter {k} (on channel {k})<br>norm {norms[k]:.3g}" for k in grid.order]
         name = f"depthwise-{conv}.png"
     else:
         restore("flt_filter", "filter", lambda v: 0 <= v < out, int)
         if not 0 <= ss.get("flt_filter", -1) < out:
-            ss["flt_filter"] = int(f.order("norm")[0])
-        k = int(st.number_input(f"Filter (0 to {out - 1}; the strongest is {int(f.order('norm')[0])})", 0, out - 1,
+            ss["flt_filter"] = r.index  # the strongest
+        k = int(st.number_input(f"Filter (0 to {out - 1}; the strongest is {r.index})", 0, out - 1,
                                 key="flt_filter"))
         params["filter"] = str(k)
-        rgb, grid = Fi.filter_tiles(f, k)
-        w = f.weights[k]
-        st.caption(f"**{conv}**, filter {k} of {out} (norm {norms[k]:.3g}): one grey tile per input channel "
+        if k != r.index:
+            r = cache.run(Fi.FiltersSpec(conv, sort, k), model)
+        st.caption(f"**{conv}**, filter {k} of {out} (norm {r.norms[k]:.3g}): one grey tile per input channel "
                    f"({cin} of them), all on one scale, black = most negative, white = most positive."
                    + (" A 1x1 filter has no spatial pattern: each tile is a single weight, how much that input "
                       "channel adds to this output (a channel mixer)." if kh == kw == 1 else ""))
-        texts = [f"input channel {c}<br>sum {w[c].sum():.3g}, max |w| {np.abs(w[c]).max():.3g}" for c in grid.order]
         name = f"filter-{conv}-{k}.png"
-    st.plotly_chart(render.tiles_figure(rgb, grid, texts), key="flt_tiles",
+    rgb = r.tiles
+    st.plotly_chart(render.tiles_figure(rgb, r.grid, r.texts), key="flt_tiles",
                     config={"displaylogo": False, "toImageButtonOptions": {"filename": name[:-4]}})
     st.download_button("Tiles (PNG)", _png(rgb), name, "image/png")
     return params
@@ -90,7 +86,7 @@ def weights_view() -> dict:
 
 # ---------------------------------------------------------------- unit and gallery settings
 
-def unit_controls(gallery: bool) -> FV.Spec:
+def unit_controls(gallery: bool) -> FV.FeatureVisSpec | FV.GallerySpec:
     layers = spatial_layers(model)
     info = {l.name: l for l in model.layers}
     n_classes = len(model.categories)
@@ -133,54 +129,60 @@ def unit_controls(gallery: bool) -> FV.Spec:
         s2.select_slider("Steps", STEPS, key="fv_steps")
         s3.number_input("Learning rate (Adam)", 0.001, 1.0, key="fv_lr", step=0.01, format="%.3f")
         s4.number_input("Seed", 0, 2 ** 31 - 1, key="fv_seed", help="Same seed and settings: the same image.")
-    return FV.Spec(layer, 0 if gallery else int(ss["fv_channel"]), objective, int(ss["fv_size"]),
-                   int(ss["fv_steps"]), float(ss["fv_lr"]), int(ss["fv_seed"]))
+    settings = (objective, int(ss["fv_size"]), int(ss["fv_steps"]), float(ss["fv_lr"]), int(ss["fv_seed"]))
+    if gallery:
+        return FV.GallerySpec(layer, int(ss["fv_n"]), *settings).check(model)
+    return FV.FeatureVisSpec(layer, int(ss["fv_channel"]), *settings).check(model)
 
 
-def _natural(spec: FV.Spec):
-    """The sample images (and the sidebar's upload) recorded at `spec.layer`."""
-    images = dict(cache.sample_images())
-    keys = ("samples",)
-    if not (ss.get("image") or {}).get("sample"):
-        images[f"your image ({sel.image_name})"] = sel.image
-        keys += (sel.image_sha,)
-    return cache.natural(model.id, spec.layer, keys, model, images), keys
+def _evidence(spec: FV.FeatureVisSpec, upload: str) -> FV.Evidence:
+    """The unit on the sample photos, and on the sidebar's image under the name `upload`."""
+    return cache.run(FV.EvidenceSpec.of(spec, upload), model, sel.image if upload else None,
+                     sel.image_sha if upload else "", label="Recording the sample images:")
 
 
-def _stop_button(key: str) -> None:
-    # A click during a run makes Streamlit rerun the page, which interrupts the
-    # optimization at its next progress update; the rerun does not restart it.
-    st.button("Stop", key=key, icon=":material/stop:")
+def _live(spec, show, stop_key: str) -> bool:
+    """Run `spec` through the job runner (live, not a cache replay) under a Stop button
+    and a progress bar; `show(fraction, text, preview)` draws the preview. False: stopped
+    (nothing was kept). A click on Stop reruns the page, which also interrupts the run at
+    its next progress update; the rerun does not restart it."""
+    def report(fraction, text, preview):
+        bar.progress(fraction, text=text)
+        show(fraction, text, preview)
+
+    progress = Progress(report)
+    st.button("Stop", key=stop_key, icon=":material/stop:", on_click=progress.stop)
+    bar = st.progress(0.0, text="Starting...")
+    try:
+        jobs.run(model, None, spec, progress=progress)
+    except Cancelled:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- one unit
 
 def unit_view() -> dict:
-    spec = FV.check(model, unit_controls(gallery=False))
+    spec = unit_controls(gallery=False)
+    key = spec.digest(model.id)
     what = (f"class **{model.categories[spec.channel]}** ({spec.channel})" if spec.objective == "class"
             else f"**{spec.layer}**, channel {spec.channel}" + (" (centre neuron)" if spec.objective == "neuron" else ""))
-    nat, keys = _natural(spec)
-    nat_mean, nat_max = FV.natural_stats(model, spec, nat)
+    upload = "" if (ss.get("image") or {}).get("sample") else f"your image ({sel.image_name})"
+    ev = _evidence(spec, upload)
     result = FV.cached(model, spec)
     left, right = st.columns(2)
     # The evidence first, so it is on screen while the optimization runs in the left column.
     with right:
         st.markdown("**Natural evidence**: the patches of the sample photos"
-                    + (" and your image" if len(keys) > 1 else "") + " that excite it most")
-        st.caption(f"Over {len(nat.names)} photos at {nat.pixels.shape[1]}x{nat.pixels.shape[2]}: "
-                   f"mean {nat_mean:.3g}, best {nat_max:.3g}. The synthetic image usually beats every photo: "
-                   "it contains nothing but what the unit wants.")
-        if spec.objective == "class":
-            best = np.argsort(-nat.values(spec))[:4]
-            cols = st.columns(4)
-            for col, n in zip(cols, best):
-                col.image(nat.pixels[n], caption=f"{nat.names[n]}: {nat.values(spec)[n]:.3g}", width="stretch")
-        else:
-            crops = cache.evidence(model.id, spec.layer, spec.channel, spec.objective, keys, model, nat)
-            cols = st.columns(4)
-            for i, c in enumerate(crops):
-                cols[i % 4].image(c.pixels, width="stretch",
-                                  caption=f"{c.source}: {c.value:.3g} at unit {c.unit}")
+                    + (" and your image" if upload else "") + " that excite it most")
+        st.caption(f"Over {ev.images} photos at {ev.size[0]}x{ev.size[1]}: "
+                   f"mean {ev.natural_mean:.3g}, best {ev.natural_max:.3g}. The synthetic image usually beats every "
+                   "photo: it contains nothing but what the unit wants.")
+        cols = st.columns(4)
+        for i, c in enumerate(ev.crops):
+            cols[i % 4].image(c.pixels, width="stretch",
+                              caption=f"{c.source}: {c.value:.3g}" + (f" at unit {c.unit}" if c.unit is not None else ""))
+        if spec.objective != "class":
             st.caption("Each patch is the receptive field of the unit that fired: all the input it can see "
                        "(clipped at the image's edge).")
     with left:
@@ -189,35 +191,31 @@ def unit_view() -> dict:
         if result is not None:
             slot.image(result.image, width="stretch",
                        caption=f"{spec.steps} steps at {spec.size}x{spec.size}, seed {spec.seed}"
-                       + (f", rendered in {result.seconds:.1f} s" if ss.get("fv_rendered") == spec.key(model.id)
+                       + (f", rendered in {result.seconds:.1f} s" if ss.get("fv_rendered") == key
                           else f" (from the {result.cached} cache)" if result.cached else ""))
             m1, m2, m3 = st.columns(3)
             m1.metric("start", f"{result.activation_start:.3g}")
-            m2.metric("end", f"{result.activation_end:.3g}", f"{result.activation_end - nat_max:+.3g} vs best photo")
-            m3.metric("best sample photo", f"{nat_max:.3g}")
-            st.plotly_chart(render.curve_figure(result.curve, nat_max, nat_mean), key="fv_curve")
-            st.download_button("Image (PNG)", _png(result.image), f"featurevis-{spec.key(model.id)}.png", "image/png")
+            m2.metric("end", f"{result.activation_end:.3g}",
+                      f"{result.activation_end - ev.natural_max:+.3g} vs best photo")
+            m3.metric("best sample photo", f"{ev.natural_max:.3g}")
+            st.plotly_chart(render.curve_figure(result.curve, ev.natural_max, ev.natural_mean), key="fv_curve")
+            st.download_button("Image (PNG)", _png(result.image), f"featurevis-{key}.png", "image/png")
         else:
             partial = ss.get("fv_partial")
-            if partial and partial["key"] == spec.key(model.id):
+            if partial and partial["key"] == key:
                 slot.image(partial["image"], width="stretch",
-                           caption=f"Stopped: the image after step {partial['step']} of {partial['steps']} "
-                                   "(not cached).")
-            est = spec.steps * 0.1 * (spec.size / 128) ** 2
-            st.caption(f"Not rendered yet with these settings: about {max(1, round(est))} s on a laptop CPU.")
+                           caption=f"Stopped: the image after step {partial['step']} of {spec.steps} (not cached).")
+            st.caption(f"Not rendered yet with these settings: about {max(1, round(spec.estimate_seconds()))} s "
+                       "on a laptop CPU.")
             if st.button("Render", type="primary", key="fv_go", icon=":material/play_arrow:"):
-                _stop_button("fv_stop")
-                bar = st.progress(0.0, text="Starting...")
-
-                def progress(step, steps, preview):
-                    bar.progress(step / steps, text=f"Step {step} of {steps}")
+                def show(fraction, text, preview):
                     if preview is not None:
-                        slot.image(preview, width="stretch", caption=f"Step {step} of {steps}")
-                        ss["fv_partial"] = {"key": spec.key(model.id), "image": preview, "step": step, "steps": steps}
+                        slot.image(preview, width="stretch", caption=text)
+                        ss["fv_partial"] = {"key": key, "image": preview, "step": round(fraction * spec.steps)}
 
-                FV.visualize(model, spec, progress)
-                ss.pop("fv_partial", None)
-                ss["fv_rendered"] = spec.key(model.id)  # the rerun reads it back from the cache: say it is new
+                if _live(spec, show, "fv_stop"):
+                    ss.pop("fv_partial", None)
+                    ss["fv_rendered"] = key  # the rerun reads it back from the cache: say it is new
                 st.rerun()
     out = {"view": "unit", "objective": spec.objective, "channel": str(spec.channel), "size": str(spec.size),
            "steps": str(spec.steps), "lr": str(spec.lr), "seed": str(spec.seed)}
@@ -229,42 +227,33 @@ def unit_view() -> dict:
 # ---------------------------------------------------------------- gallery
 
 def gallery_view() -> dict:
-    base = FV.check(model, unit_controls(gallery=True))
-    n = int(ss["fv_n"])
-    specs = [FV.Spec(base.layer, c, base.objective, base.size, base.steps, base.lr, base.seed) for c in range(n)]
-    done = [FV.cached(model, s) for s in specs]
+    spec = unit_controls(gallery=True)
+    n = spec.n
+    done = FV.cached_gallery(model, spec)
     missing = sum(r is None for r in done)
-    blank = np.full((base.size, base.size, 3), 235, np.uint8)
     slot = st.empty()
     if missing:
         st.caption(f"{n - missing} of {n} channels are rendered; the rest take about "
-                   f"{max(1, round(missing * base.steps * 0.1 * (base.size / 128) ** 2))} s on a laptop CPU.")
+                   f"{max(1, round(spec.estimate_seconds(missing)))} s on a laptop CPU.")
         if st.button(f"Render {missing} channel{'s' * (missing > 1)}", type="primary", key="gal_go",
                      icon=":material/play_arrow:"):
-            _stop_button("gal_stop")
-            bar = st.progress(0.0, text="Starting...")
-            images = [r.image if r is not None else blank for r in done]
+            def show(fraction, text, preview):
+                if preview is not None:  # the whole grid so far
+                    slot.image(preview, width="stretch")
 
-            def progress(step, total, preview):
-                c = min((step - 1) // base.steps, n - 1)
-                bar.progress(step / total, text=f"Channel {c} of {n}: step {step - c * base.steps} of {base.steps}")
-                if preview is not None:
-                    images[c] = preview
-                    slot.image(FV.grid_image(images), width="stretch")
-
-            FV.gallery(model, base, n, progress)
+            _live(spec, show, "gal_stop")
             st.rerun()
-    grid = FV.grid_image([r.image if r is not None else blank for r in done])
-    slot.image(grid, width="stretch", caption=f"{base.layer}, channels 0 to {n - 1} ({OBJ_LABELS[base.objective]}), "
+    grid = FV.gallery_image([r.image if r is not None else None for r in done], spec.size)
+    slot.image(grid, width="stretch", caption=f"{spec.layer}, channels 0 to {n - 1} ({OBJ_LABELS[spec.objective]}), "
                                               f"left to right, top to bottom")
     if not missing:
-        st.download_button("Gallery (PNG)", _png(grid), f"gallery-{base.layer}-{n}.png", "image/png")
-    return {"view": "gallery", "layer": base.layer, "objective": base.objective, "n": str(n),
-            "size": str(base.size), "steps": str(base.steps), "lr": str(base.lr), "seed": str(base.seed)}
+        st.download_button("Gallery (PNG)", _png(grid), f"gallery-{spec.layer}-{n}.png", "image/png")
+    return {"view": "gallery", "layer": spec.layer, "objective": spec.objective, "n": str(n),
+            "size": str(spec.size), "steps": str(spec.steps), "lr": str(spec.lr), "seed": str(spec.seed)}
 
 
 try:
     params = {"weights": weights_view, "unit": unit_view, "gallery": gallery_view}[view]()
     qp.update(params)
-except (FV.FeatureVisError, Fi.FilterError) as e:
+except CnnvizError as e:
     st.error(str(e))

@@ -6,6 +6,7 @@ from cnnviz.app import cache
 from cnnviz.app.clicks import new_click
 from cnnviz.app.router import selection
 from cnnviz.app.url import restore
+from cnnviz.predict import PredictSpec
 
 sel = selection()
 model = sel.model
@@ -92,8 +93,6 @@ def _step(delta: int) -> None:
     _go(DEMOS[(DEMOS.index(ss["lim_demo"]) + delta) % len(DEMOS)])
 
 
-
-
 for chart in ("lim_chart", "lim_map"):
     if (i := new_click(chart)) is not None:
         ss["lim_point"] = int(i)
@@ -164,9 +163,11 @@ st.markdown(TEXT[demo])
 
 # ---------------------------------------------------------------- compute (cached)
 
-sw = cache.limits_sweep(model.id, sel.image_sha, demo, values, seed, model, sel.image, sel.probs)
-flip = cache.limits_min_flip(model.id, sel.image_sha, demo, values, seed, model, sel.image, sel.probs, sw) \
-    if t.search else None
+def limits(m: models.Model, probs) -> L.Limits:  # the sweep and the smallest flip; probs: predict's, if known
+    return cache.run(L.LimitsSpec(demo, values, seed, probs=probs), m, sel.image, sel.image_sha, label=f"{m.label}:")
+
+
+sw, flip = (res := limits(model, sel.probs)).sweep, res.flip
 other = other_sw = other_flip = None
 if comparing:
     try:
@@ -174,10 +175,8 @@ if comparing:
     except models.ModelError as e:
         st.error(str(e))
 if other is not None:
-    other_probs = cache.probabilities(other.id, sel.image_sha, other, sel.image)
-    other_sw = cache.limits_sweep(other.id, sel.image_sha, demo, values, seed, other, sel.image, other_probs)
-    other_flip = cache.limits_min_flip(other.id, sel.image_sha, demo, values, seed, other, sel.image, other_probs,
-                                       other_sw) if t.search else None
+    o = limits(other, cache.run(PredictSpec(), other, sel.image, sel.image_sha).probs)
+    other_sw, other_flip = o.sweep, o.flip
 
 n = len(sw.points)
 if not 0 <= ss.get("lim_point", 0) < n:

@@ -3,14 +3,15 @@ import json
 
 import numpy as np
 import streamlit as st
-from PIL import Image
 
+from cnnviz import activations as A
 from cnnviz import receptive as R
 from cnnviz import render
 from cnnviz.app import cache
 from cnnviz.app.clicks import new_click
 from cnnviz.app.router import selection
 from cnnviz.app.url import restore
+from cnnviz.pixels import png_bytes
 
 sel = selection()
 model = sel.model
@@ -27,11 +28,11 @@ st.markdown(
 )
 
 try:
-    rows = cache.rf_architecture(model.id, model)
+    table = cache.run(R.TableSpec(), model, label="Tracing the network:")
 except R.RFError as e:
     st.error(str(e))
     st.stop()
-named = {r.name: r for r in rows if r.layer and r.field is not None and len(r.shape) == 3}
+named = table.spatial
 names = list(named)
 if not names:
     st.error(f"{model.label} has no layer with a spatial map whose field could be computed.")
@@ -40,26 +41,18 @@ if not names:
 
 # ---------------------------------------------------------------- state (URL first)
 
-def _default_layer() -> str:
-    return names[len(names) * 3 // 5]  # deep enough that the field is interesting
-
-
 restore("rf_layer", "layer", lambda v: v in named)
 restore("rf_y", "y", lambda v: v >= 0, int)
 restore("rf_x", "x", lambda v: v >= 0, int)
 restore("rf_channel", "channel", lambda v: v >= 0, int)
 if ss.get("rf_layer") not in named:
-    ss["rf_layer"] = _default_layer()
-
-
+    ss["rf_layer"] = table.default_layer()
 
 
 def _follow() -> None:
     """A new layer keeps looking at the same place: the unit nearest the old unit's centre."""
-    shown, new = ss.get("rf_shown"), named.get(ss["rf_layer"])
-    if shown and shown[0] in named and new is not None:
-        cy, cx = named[shown[0]].field.centre(*shown[1:])
-        ss["rf_y"], ss["rf_x"] = R.nearest_unit(new.field, new.shape[1:], cy, cx)
+    if (ij := table.follow(ss.get("rf_shown"), ss["rf_layer"])) is not None:
+        ss["rf_y"], ss["rf_x"] = ij
 
 
 if (name := new_click("rf_depth_chart")) in named:
@@ -71,9 +64,7 @@ for chart in ("rf_map", "rf_image"):
 
 row = named[ss["rf_layer"]]
 C, H, W = row.shape
-for key, n in (("rf_y", H), ("rf_x", W)):
-    if not 0 <= ss.get(key, -1) < n:
-        ss[key] = (n - 1) // 2
+ss["rf_y"], ss["rf_x"] = table.place(ss["rf_layer"], ss.get("rf_y"), ss.get("rf_x"))
 if not 0 <= ss.get("rf_channel", 0) < C:
     ss["rf_channel"] = 0
 ss.setdefault("rf_channel", 0)
@@ -105,7 +96,7 @@ if one:
 elif "channel" in qp:
     del qp["channel"]
 
-u = R.unit(rows, layer, i, j, model.input_size)
+u = table.unit(layer, i, j)
 ss["rf_shown"] = (layer, i, j)
 f = u.field
 
@@ -135,22 +126,23 @@ def _numbers(eff) -> None:
 
 
 with tab_unit:
-    acts = cache.activations(model.id, sel.image_sha, model, sel.image)
-    m = acts[layer][channel] if one else acts[layer].mean(0)
+    rec = cache.run_shared(A.ActivationsSpec(), model, sel.image, sel.image_sha, label="Recording every layer:")
+    m = rec.channel_map(layer, channel)
     left, right = st.columns(2)
     with left:
         st.markdown(f"**{layer}**: {'channel ' + str(channel) if one else 'mean of all channels'} "
                     "(click a unit)")
         st.plotly_chart(render.unit_map_figure(m, (i, j)), key="rf_map", on_select="rerun",
                         selection_mode="points", config={"displaylogo": False})
-    eff, error = None, None
+    field, error = R.UnitField(u), None
     try:
-        eff = cache.rf_effective(model.id, sel.image_sha, layer, i, j, channel, model, sel.image, u)
+        field = cache.run(R.EffectiveSpec(layer, i, j, channel), model, sel.image, sel.image_sha,
+                          label="Effective field:")
     except R.RFError as e:
         error = str(e)
-    canvas, margin = render.rf_canvas(model.input_image(sel.image), u.box, eff and eff.map,
-                                      eff and eff.box50, eff and eff.box90)
-    centres = ([f.start[0] + k * f.jump[0] for k in range(H)], [f.start[1] + k * f.jump[1] for k in range(W)])
+    eff = field.effective
+    canvas, margin = field.canvas(R.backdrop(model, sel.image))
+    centres = table.centres(layer)
     with right:
         st.markdown("**On the image** (click to pick the nearest unit)")
         st.plotly_chart(render.rf_figure(canvas, margin, centres), key="rf_image", on_select="rerun",
@@ -162,9 +154,7 @@ with tab_unit:
                 "image, so nothing in the input changes it. Pick another unit or channel.")
     _numbers(eff)
     d1, d2 = st.columns(2)
-    png = io.BytesIO()
-    canvas.save(png, "PNG")
-    d1.download_button("Overlay (PNG)", png.getvalue(), f"rf-{layer}-{i}-{j}.png", "image/png", width="stretch")
+    d1.download_button("Overlay (PNG)", png_bytes(canvas), f"rf-{layer}-{i}-{j}.png", "image/png", width="stretch")
     if eff is not None:
         npy = io.BytesIO()
         np.save(npy, eff.map)
@@ -179,7 +169,7 @@ with tab_avg:
         "inside the theoretical box."
     )
     a1, a2 = st.columns([2, 2], vertical_alignment="bottom")
-    source = a1.radio("Average over", ("samples", "noise"), key="rf_avg_source", horizontal=True,
+    source = a1.radio("Average over", R.SOURCES, key="rf_avg_source", horizontal=True,
                       format_func={"samples": "the bundled sample images", "noise": "random noise"}.get)
     n = a2.slider("Noise inputs", 4, 64, 16, step=4, key="rf_avg_n", disabled=source != "noise")
     request = (model.id, layer, i, j, channel, source, n)
@@ -187,17 +177,15 @@ with tab_avg:
         ss["rf_avg_request"] = request
     if ss.get("rf_avg_request") == request:
         try:
-            avg = cache.rf_average(model.id, layer, i, j, channel, source, n, model, u)
+            avg = cache.run(R.AverageSpec(layer, i, j, channel, source, n), model, label="Averaging:")
         except R.RFError as e:
             st.error(str(e))
         else:
-            base = (model.input_image(sel.image).convert("L").convert("RGB") if source == "samples"
-                    else Image.new("RGB", model.input_size[::-1], (200, 200, 200)))  # noise: no one image
-            avg_canvas, avg_margin = render.rf_canvas(base, u.box, avg.map, avg.box50, avg.box90)
+            avg_canvas, avg_margin = avg.canvas(R.backdrop(model, sel.image, source))
             st.plotly_chart(render.rf_figure(avg_canvas, avg_margin, centres), key="rf_avg_chart",
                             config={"displaylogo": False})
-            s = R.summary(u, avg)
-            st.caption(f"Mean |gradient| of unit ({i}, {j}) over {avg.samples} inputs. 90% of the mass lies in "
+            s = avg.summary()
+            st.caption(f"Mean |gradient| of unit ({i}, {j}) over {avg.effective.samples} inputs. 90% of the mass lies in "
                        f"{s['effective'][0]} x {s['effective'][1]} px, {s['ratio']:.2f} of the theoretical side."
                        if s["effective"] else "The averaged gradient is zero everywhere.")
     else:
@@ -210,18 +198,18 @@ with tab_arch:
         "one unit sees, *jump* how far apart neighbouring units' fields are, *start* the centre of the "
         "first unit's field. Merges (residual adds, concatenations) take the union of their branches."
     )
-    dicts = [r.to_dict() for r in rows]
+    dicts = [r.to_dict() for r in table.rows]
     st.plotly_chart(render.rf_depth_figure(dicts, model.input_size, layer), key="rf_depth_chart",
                     on_select="rerun", selection_mode="points", config={"displaylogo": False})
 
     def _s(v):
         return "" if v is None else " x ".join(f"{x:g}" for x in v)
 
-    table = [{"#": k + 1, "layer": d["name"], "type": d["type"], "kernel": _s(d["kernel"]),
+    listing = [{"#": k + 1, "layer": d["name"], "type": d["type"], "kernel": _s(d["kernel"]),
               "stride": _s(d["stride"]), "dilation": _s(d["dilation"]), "padding": _s(d["padding"]),
               "output": _s(d["shape"]), "params": d["params"], "field": _s(d["size"]), "jump": _s(d["jump"]),
               "start": _s(d["start"]), "note": d["note"]} for k, d in enumerate(dicts)]
-    st.dataframe(table, hide_index=True, width="stretch", height=420)
+    st.dataframe(listing, hide_index=True, width="stretch", height=420)
     if notes := sorted({d["note"] for d in dicts if d["note"]}):
         st.warning("Notes: " + "; ".join(notes))
     st.download_button("Table (JSON)", json.dumps(dicts, indent=1), f"architecture-{model.id.replace(':', '_')}.json",

@@ -10,6 +10,7 @@ from cnnviz.app import cache
 from cnnviz.app.router import selection
 from cnnviz.app.url import restore
 
+M = S.METHODS
 sel = selection()
 model = sel.model
 ss, qp = st.session_state, st.query_params
@@ -21,16 +22,11 @@ st.markdown(
     "most. They can mislead, so compare several methods before trusting one."
 )
 
-LABELS = {
-    "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "scorecam": "Score-CAM (slow: one pass per channel)",
-    "guided_gradcam": "Guided Grad-CAM", "gradients": "Vanilla gradients", "smoothgrad": "SmoothGrad",
-    "ig": "Integrated Gradients", "occlusion": "Occlusion", "guided_backprop": "Guided Backprop",
-}
 top5 = sel.top(5)
 n = len(model.categories)
 
 
-restore("sal_method", "method", lambda v: v in S.METHODS)
+restore("sal_method", "method", lambda v: v in M)
 restore("sal_target", "target", lambda v: 0 <= v < n, int)
 restore("sal_contrast", "contrast", lambda v: 0 <= v < n, int)
 restore("sal_layer", "layer", lambda v: v in S.cam_layers(model))
@@ -45,8 +41,12 @@ def _class_label(i: int) -> str:
     return f"{model.categories[i]} ({i})"
 
 
+def _label(m: str) -> str:
+    return M[m].label if m in M else "random order"  # the trust checks' deletion curve of a random order
+
+
 c1, c2 = st.columns([1, 2])
-method = c1.selectbox("Method", S.METHODS, key="sal_method", format_func=LABELS.get)
+method = c1.selectbox("Method", list(M), key="sal_method", format_func=_label)
 with c2:
     st.markdown("**Explain the class** (top-5 in one click, or search any class)")
     cols = st.columns(5)
@@ -62,7 +62,7 @@ contrast = None
 if contrastive:
     ss.setdefault("sal_contrast", next(t.index for t in top5 if t.index != ss["sal_target"]))
     contrast = c5.selectbox("...this class", range(n), key="sal_contrast", format_func=_class_label)
-uses_layer = method in S.CAM_METHODS + ("guided_gradcam",)
+uses_layer = M[method].takes_layer
 layer = st.selectbox("Layer (Grad-CAM-style methods)", layers, key="sal_layer", disabled=not uses_layer,
                      help="Default: the last layer with a spatial output.") if uses_layer else None
 o1, o2 = st.columns(2)
@@ -88,15 +88,15 @@ tab_one, tab_grid, tab_sweep, tab_trust = st.tabs(["Map", "Methods side by side"
 if tab_one.open:
     with tab_one:
         try:
-            with st.spinner(f"Computing {LABELS[method]}..."):
-                att = cache.attribution(model.id, sel.image_sha, method, target, layer, contrast, model, sel.image,
-                                        LABELS[method])
+            with st.spinner(f"Computing {M[method].label}..."):
+                att = cache.run(S.SaliencySpec(method, target, layer, contrast), model, sel.image, sel.image_sha,
+                                label=f"{M[method].label}:")
         except S.SaliencyError as e:
             st.warning(str(e))
             att = None
         if att is not None:
             base = model.input_image(sel.image)
-            st.caption(f"**{LABELS[method]}** for **{what}**" + (f" at `{att.layer}`" if att.layer else "")
+            st.caption(f"**{M[method].label}** for **{what}**" + (f" at `{att.layer}`" if att.layer else "")
                        + (f". Integrated Gradients convergence delta: {att.delta:.3g}" if att.delta is not None else ""))
             if att.empty:
                 st.info("The map is empty: nothing in this layer supports the class (the ReLU removed every "
@@ -114,8 +114,8 @@ if tab_one.open:
 
 if tab_grid.open:
     with tab_grid:
-        chosen = st.multiselect("Methods", S.METHODS, default=["gradcam", "gradcampp", "gradients", "ig"],
-                                key="sal_grid", format_func=LABELS.get)
+        chosen = st.multiselect("Methods", list(M), default=["gradcam", "gradcampp", "gradients", "ig"],
+                                key="sal_grid", format_func=_label)
         if chosen:
             cols = st.columns(min(len(chosen), 4))
             bar = st.progress(0.0, text="Computing...")
@@ -123,12 +123,12 @@ if tab_grid.open:
             for i, m in enumerate(chosen):
                 with cols[i % len(cols)]:
                     try:
-                        a = cache.attribution(model.id, sel.image_sha, m, target,
-                                              layer or model.gradcam_layer if m in S.CAM_METHODS + ("guided_gradcam",) else None,
-                                              contrast, model, sel.image)
-                        st.image(render.overlay(base, a.map, opacity, cmap), caption=LABELS[m], width="stretch")
+                        spec = S.SaliencySpec(m, target, layer or model.gradcam_layer if M[m].takes_layer else None,
+                                              contrast)
+                        a = cache.run(spec, model, sel.image, sel.image_sha, label=f"{M[m].label}:")
+                        st.image(render.overlay(base, a.map, opacity, cmap), caption=M[m].label, width="stretch")
                     except S.SaliencyError:
-                        st.caption(f"{LABELS[m]}: not valid for this model (see the Map tab)")
+                        st.caption(f"{M[m].label}: not valid for this model (see the Map tab)")
                 bar.progress((i + 1) / len(chosen), text=f"{i + 1} of {len(chosen)} methods")
             bar.empty()
 
@@ -136,7 +136,7 @@ if tab_sweep.open:
     with tab_sweep:
         st.caption("Grad-CAM at the last layer of every stage, from one forward and one backward pass: "
                    "early layers are sharp but literal, late layers coarse but about the class.")
-        sweep = cache.gradcam_sweep(model.id, sel.image_sha, target, contrast, model, sel.image)
+        sweep = cache.run(S.SweepSpec(target, contrast), model, sel.image, sel.image_sha).maps
         base = model.input_image(sel.image)
         cols = st.columns(len(sweep))
         for col, (name, cam) in zip(cols, sweep.items()):
@@ -151,29 +151,18 @@ if tab_trust.open:
             "**Deletion**: the most salient pixels are blurred away first; a faithful map makes the "
             "probability fall faster (smaller area) than a random order."
         )
-        valid = [m for m in S.METHODS if m not in S.GUIDED and m != "scorecam"]
-        checked = st.multiselect("Methods to check", valid, default=["gradcam", "gradients", "ig"], key="sal_trust_methods",
-                                 format_func=LABELS.get)
-        key = (model.id, sel.image_sha, target, tuple(checked))
+        checked = st.multiselect("Methods to check", trust.trust_methods(), default=list(trust.DEFAULT_METHODS),
+                                 key="sal_trust_methods", format_func=_label)
+        spec = trust.TrustSpec(tuple(checked), target)
+        key = (model.id, sel.image_sha, spec.key())
         if st.button("Run the checks", key="sal_trust_run", disabled=not checked):
-            bar = st.progress(0.0, text="Randomizing the model, top block first...")
-            rand = trust.randomization_check(model, sel.image, checked, target,
-                                             progress=lambda f, text: bar.progress(f * 0.8, text=text))
-            curves, areas = {}, {}
-            for i, m in enumerate(checked + ["random order"]):
-                sal = None if m == "random order" else cache.attribution(
-                    model.id, sel.image_sha, m, target, model.gradcam_layer if m in S.CAM_METHODS else None,
-                    None, model, sel.image).map
-                curve = trust.deletion_curve(model, sel.image, sal, target)
-                curves[LABELS.get(m, m)], areas[LABELS.get(m, m)] = curve.tolist(), trust.area(curve)
-                bar.progress(0.8 + 0.2 * (i + 1) / (len(checked) + 1), text=f"Deletion curve: {LABELS.get(m, m)}")
-            bar.empty()
-            ss["sal_trust"] = (key, rand, curves, areas)
+            ss["sal_trust"] = (key, cache.run(spec, model, sel.image, sel.image_sha, label="Trust checks:"))
         if ss.get("sal_trust") and ss["sal_trust"][0] == key:
-            _, rand, curves, areas = ss["sal_trust"]
-            rand = {**rand, "correlation": {LABELS[m]: v for m, v in rand["correlation"].items()}}
+            report = ss["sal_trust"][1]
+            rand = {"steps": report.steps, "correlation": {_label(m): v for m, v in report.correlation.items()}}
             t1, t2 = st.columns(2)
             t1.plotly_chart(render.randomization_figure(rand), key="sal_rand_chart")
-            t2.plotly_chart(render.deletion_figure(curves, areas), key="sal_del_chart")
+            t2.plotly_chart(render.deletion_figure({_label(m): v for m, v in report.deletion.items()},
+                                                   {_label(m): v for m, v in report.areas.items()}), key="sal_del_chart")
         else:
             st.caption("The checks run about a dozen attributions; press the button to start.")

@@ -9,14 +9,11 @@ import time
 import urllib.request
 
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from .conftest import ROOT, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-if not CHROMIUM and not os.environ.get("CI"):
-    pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
-
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -55,6 +52,10 @@ class Server:
 
 @pytest.fixture(scope="module")
 def browser():
+    # Skipped here rather than at import, so `-m "not browser"` deselects these modules
+    # cleanly; on CI a missing chromium fails instead of skipping.
+    if not CHROMIUM and not os.environ.get("CI"):
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
         yield b
@@ -76,7 +77,24 @@ def image_input(page):
     return page.locator(".st-key-upload").get_by_test_id("stFileUploaderDropzoneInput")
 
 
-def wait_idle(page):
-    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=60_000)
+def wait_idle(page, timeout: float = 120.0, calm: float = 0.5):
+    """Wait until no script run is going on. Streamlit marks its root element with
+    `data-test-script-state` ("running" during a run, "notRunning" after it); the status
+    widget is not drawn with `toolbarMode = "minimal"`. The state must hold for `calm`
+    seconds, so a rerun that a click has just asked for is not missed."""
+    deadline = time.time() + timeout
+    since = None
+    while True:
+        state = page.evaluate("() => document.querySelector('[data-testid=\"stApp\"]')?.dataset.testScriptState")
+        now = time.time()
+        if state != "notRunning":
+            since = None
+        elif since is None:
+            since = now
+        elif now - since >= calm:
+            return
+        if now > deadline:
+            raise AssertionError(f"the app was still running after {timeout:.0f} s (script state {state!r})")
+        page.wait_for_timeout(100)
 
 

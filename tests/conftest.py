@@ -62,9 +62,4 @@ def hub_checkpoints() -> Path:
     import torch
 
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def pytest_configure(config):
-    # Captum's PGD warns on every step that its input did not require gradients; the
-    # backend silences it at import, but pytest resets warning filters per test.
-    config.addinivalue_line("filterwarnings", "ignore:Input Tensor 0 did not already require gradients")
+# pytest's settings (test paths, markers, warning filters) are in pyproject.toml.

@@ -124,3 +124,64 @@ def test_cli_unknown_layer_exit_2_with_candidates(capsys, samples):
     assert main(["activations", str(samples["cat"]), "--layer", "_blocks.3.expand"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Closest: _blocks.3._expand_conv" in err[0]
+
+
+# ---------------------------------------------------------------- the contract
+
+def test_spec_result_holds_the_maps_and_gives_the_cli_json(bundled, cat):
+    import pickle
+
+    from cnnviz import jobs
+
+    layer = "_blocks.3._expand_conv"
+    res = jobs.run(bundled, cat, A.ActivationsSpec((layer,)))
+    d = res.to_dict()
+    assert set(d) == {"model", "layer", "shape", "channels", "top", "seconds"} and d["model"] == bundled.id
+    acts = A.compute(bundled, cat, [layer])[layer]
+    assert np.array_equal(res.maps[layer], acts) and d["shape"] == [144, 56, 56]
+    assert d["channels"] == A.ChannelStats.of(acts).rows() and d["top"] == A.ChannelStats.of(acts).order()[:16].tolist()
+    assert np.array_equal(A.run(bundled, bundled.to_pixels(cat), A.ActivationsSpec((layer,))).maps[layer], acts)
+    copy = pickle.loads(pickle.dumps(res))  # st.cache_data copies results this way
+    assert copy.to_dict() == d
+    with pytest.raises(A.LayerNotFound):
+        jobs.run(bundled, cat, A.ActivationsSpec(("_fc",)))
+
+
+def test_a_recording_of_every_layer_derives_stats_depth_and_mosaics_once(bundled, cat):
+    rec = A.run(bundled, cat)
+    assert rec.layers == A.spatial_layers(bundled) and 50 < rec.nbytes / 2**20 < 100
+    summary = rec.depth_summary()
+    assert summary == A.depth_summary(rec.maps) and rec.depth_summary() is summary
+    stem = rec.maps["_conv_stem"]
+    rgb, grid = rec.mosaic("_conv_stem", "max", "channel")
+    want, want_grid = A.mosaic(stem, A.ChannelStats.of(stem).order("max"), "channel")
+    assert np.array_equal(rgb, want) and grid.order.tolist() == want_grid.order.tolist()
+    assert rec.mosaic("_conv_stem", "max", "channel")[0] is rgb
+    assert np.array_equal(rec.stats("_conv_stem").mean, A.ChannelStats.of(stem).mean)
+    assert np.array_equal(rec.channel_map("_conv_stem"), stem.mean(0))
+    assert np.array_equal(rec.channel_map("_conv_stem", 3), stem[3])
+    d = rec.to_dict()
+    assert set(d) == {"model", "layers", "seconds"} and [l["layer"] for l in d["layers"]] == rec.layers
+
+
+def test_layers_spec_gives_the_layer_list(bundled):
+    d = A.run(bundled, None, A.LayersSpec()).to_dict()
+    assert set(d) == {"model", "input_size", "layers", "seconds"} and d["input_size"] == [224, 224]
+    assert [l["name"] for l in d["layers"]] == [l.name for l in bundled.layers]
+    assert d["layers"][0] == {"name": "_conv_stem", "type": "Conv2dDynamicSamePadding", "shape": [32, 112, 112],
+                              "params": 864}
+
+
+def test_blocks_group_layers_in_execution_order(bundled):
+    blocks = A.blocks(A.spatial_layers(bundled))
+    assert list(blocks)[:2] == [A.TOP_LEVEL, "_blocks.0"] and blocks["_blocks.4"] == "_blocks.4._expand_conv"
+    assert A.block_of("_swish#1") == A.TOP_LEVEL and A.block_of("_blocks.9._swish#1") == "_blocks.9"
+
+
+def test_one_layer_name_check_for_every_analysis(bundled):
+    from cnnviz import receptive as R
+
+    with pytest.raises(A.LayerNotFound, match="Closest: _fc"):
+        A.check_layer(bundled, "_fcc", spatial=False)
+    assert A.check_layer(bundled, "_fc", spatial=False) == "_fc"
+    assert issubclass(R.UnknownLayer, A.LayerNotFound) and issubclass(R.UnknownLayer, R.RFError)

@@ -58,8 +58,8 @@ def test_budget_sweep_on_demand_marks_the_smallest_flip(monkeypatch):
     assert at.slider(key="adv_sweep_max").value == 4
     assert not any("flips at" in json.dumps(s) for s in specs(at))
     calls = []
-    real = A.attack
-    monkeypatch.setattr(A, "attack", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = A._attack
+    monkeypatch.setattr(A, "_attack", lambda *a, **k: calls.append(a) or real(*a, **k))
     at.button(key="adv_sweep_run").click().run()
     assert not at.exception
     sweep = next(s for s in specs(at) if "budget" in json.dumps(s["layout"].get("xaxis", {})))

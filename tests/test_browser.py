@@ -4,12 +4,15 @@ import os
 import re
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from cnnviz.images import load_image
 from cnnviz.predict import predict
 
 from .browser import browser, expect, image_input, server, sidebar_says, wait_idle  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.browser
 
 
 def test_upload_predict_switch_pages_and_back(browser, server, samples, bundled, tmp_path):

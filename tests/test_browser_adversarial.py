@@ -3,7 +3,11 @@ import os
 import re
 from pathlib import Path
 
+import pytest
+
 from .browser import browser, expect, server, wait_idle  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.browser
 
 
 def test_bookmarked_attack_then_budget_sweep(browser, server, tmp_path):

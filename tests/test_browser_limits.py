@@ -3,7 +3,11 @@ import os
 import re
 from pathlib import Path
 
+import pytest
+
 from .browser import browser, expect, server, wait_idle  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.browser
 
 
 def test_click_a_point_then_lecture_mode(browser, server, tmp_path):

@@ -1,7 +1,11 @@
 """Receptive fields in a real browser: click a unit on the activation map, see its field on the image."""
 import re
 
+import pytest
+
 from .browser import browser, expect, server, wait_idle  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.browser
 
 
 def test_click_a_unit_and_see_its_field(browser, server):

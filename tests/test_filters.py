@@ -87,3 +87,36 @@ def test_cli_filters(capsys, tmp_path):
     assert cli.main(["filters", "--layer", "_bn0"]) == 2
     err = capsys.readouterr().err
     assert "not a convolution layer" in err and "Traceback" not in err
+
+
+def test_run_is_the_pictures_of_the_pure_functions(bundled, resnet):
+    from cnnviz import jobs
+
+    for model, layer, kind in ((bundled, "_conv_stem", "rgb"), (bundled, "_blocks.3._depthwise_conv", "depthwise"),
+                               (resnet, "layer1.0.conv1", "channels")):
+        f = Fi.of(model, layer)
+        r = jobs.run(model, None, Fi.FiltersSpec(layer, "norm"))
+        assert r.kind == kind and r.shape == f.weights.shape and Fi.FiltersSpec(layer).passes(model) == 0
+        want, grid = Fi.tiles(f, f.order("norm"), int(f.order("norm")[0]))
+        np.testing.assert_array_equal(r.tiles, want)
+        assert list(r.grid.order) == list(grid.order) and len(r.texts) == len(grid.order)
+        assert r.index == int(f.order("norm")[0])
+        assert r.to_dict() == {"layer": layer, "shape": list(f.weights.shape), "norms": [float(v) for v in f.norms]}
+    r = Fi.run(resnet, None, Fi.FiltersSpec("layer1.0.conv1", "index", 3))
+    np.testing.assert_array_equal(r.tiles, Fi.filter_tiles(Fi.of(resnet, "layer1.0.conv1"), 3)[0])
+    assert r.texts[0].startswith("input channel 0<br>sum ")
+    with pytest.raises(Fi.FilterError, match="0 to 63"):
+        Fi.FiltersSpec("layer1.0.conv1", index=64).check(resnet)
+    with pytest.raises(Fi.FilterError, match="Unknown order"):
+        Fi.FiltersSpec("conv1", "size").check(resnet)
+
+
+def test_a_wrong_name_is_a_not_found_with_the_closest_convolutions(bundled):
+    from cnnviz.contract import NotFound
+
+    with pytest.raises(NotFound) as e:
+        Fi.FiltersSpec("_conv_stm").check(bundled)
+    assert e.value.candidates[0] == "_conv_stem" and "Closest: _conv_stem" in str(e.value)
+    assert isinstance(e.value, Fi.FilterError) and "not a convolution layer" in str(e.value)
+    with pytest.raises(Fi.NotAConvolution, match="The first is _conv_stem"):
+        Fi.of(bundled, "zzzzzzzzzzzzzzzzzzzzzz")

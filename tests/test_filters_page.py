@@ -56,7 +56,7 @@ def test_unit_from_the_url_render_cache_and_evidence(cache_dir, bundled):
     assert not at.exception and not at.error
     assert [m.label for m in at.main.metric][:3] == ["start", "end", "best sample photo"]
     assert len(list(cache_dir.glob("*.npz"))) == 1
-    result = FV.cached(bundled, FV.Spec("_blocks.3._swish#1", 5, size=32, steps=8, seed=2))
+    result = FV.cached(bundled, FV.FeatureVisSpec("_blocks.3._swish#1", 5, size=32, steps=8, seed=2))
     assert at.main.metric[1].value == f"{result.activation_end:.3g}"
     assert any(", rendered in " in c and "cache" not in c for c in image_captions(at))  # just made, not "cached"
     assert qp(at, "layer") == "_blocks.3._swish#1" and qp(at, "steps") == "8" and qp(at, "seed") == "2"
@@ -73,6 +73,8 @@ def test_class_objective_and_bad_url_values():
     assert at.select_slider(key="fv_steps").value == 256 and at.select_slider(key="fv_size").value == 128
     assert "layer" not in at.query_params or at.radio(key="fv_objective").value == "class"
     assert not at.exception and not at.error
+    best = image_captions(at)  # a logit sees the whole photo: the best four, whole
+    assert len(best) == 4 and all(c.split(":")[0] in FV.sample_images() and " at unit" not in c for c in best)
 
 
 def test_gallery_renders_the_first_channels():

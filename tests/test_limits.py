@@ -1,16 +1,18 @@
 """CNN limits backend and CLI: pure transforms, identity = predict, batching, min flip, seeds."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from cnnviz import limits as L
+from cnnviz import jobs, limits as L
 from cnnviz import models
 from cnnviz.cli import main
+from cnnviz.contract import Cancelled, Progress
 from cnnviz.images import load_image
-from cnnviz.predict import predict, probabilities
+from cnnviz.predict import classify, predict, probabilities
 
 
 @pytest.fixture(scope="module")
@@ -87,21 +89,20 @@ def test_parse_values():
 @pytest.mark.parametrize("name", list(L.TRANSFORMS))
 def test_identity_is_exactly_predict(bundled, cat, name):
     top = predict(bundled, cat, 1)[0]
-    sw = L.sweep(bundled, cat, name, (0,))  # occlude: patch size 0
+    sw = L.run(bundled, cat, L.SweepSpec(name, (0,)))  # occlude: patch size 0
     p = sw.points[0]
     assert p.top1 == top and p.orig_prob == top.prob and p.orig_rank == 1 and sw.original == top
 
 
 def test_batched_sweep_matches_one_by_one(bundled, cat, monkeypatch):
     sizes = []
-    real = L._forward
-    monkeypatch.setattr(L, "_forward", lambda m, b: sizes.append(len(b)) or real(m, b))
-    values = (0, 20, 40, 60, 80)
-    big = L.sweep(bundled, cat, "rotate", values, batch_size=3)
-    assert sizes == [3, 1]  # the identity needs no pass; memory bounded by batch_size
     probs = probabilities(bundled, cat)
+    monkeypatch.setattr(L, "classify", lambda m, b: sizes.append(len(b)) or classify(m, b))
+    values = (0, 20, 40, 60, 80)
+    big = L.run(bundled, cat, L.SweepSpec("rotate", values, batch_size=3, probs=probs))
+    assert sizes == [3, 1]  # the identity needs no pass; memory bounded by batch_size
     for v, p in zip(values, big.points):
-        single = L._forward(bundled, L.apply(bundled, cat, "rotate", v))[0]
+        single = classify(bundled, L.apply(bundled, cat, "rotate", v))[0]
         assert p.top1.index == int(single.argmax()) and abs(p.top1.prob - single.max()) < 1e-5
         assert abs(p.orig_prob - single[big.original.index]) < 1e-5
         assert p.orig_rank == int((single > single[big.original.index]).sum()) + 1
@@ -111,7 +112,7 @@ def test_batched_sweep_matches_one_by_one(bundled, cat, monkeypatch):
 
 
 def test_occlusion_map(bundled, samples):
-    sw = L.sweep(bundled, load_image(samples["rocket"]), "occlude", (112,))
+    sw = L.run(bundled, load_image(samples["rocket"]), L.SweepSpec("occlude", (112,)))
     assert [p.value for p in sw.points] == [(0, 0), (0, 56), (0, 112), (56, 0), (56, 56), (56, 112), (112, 0),
                                             (112, 56), (112, 112)]
     assert sw.grid == (3, 3) and sw.prob_map().shape == (3, 3)
@@ -126,32 +127,69 @@ def test_occlusion_map(bundled, samples):
 def test_min_flip_is_a_real_flip_and_minimal(bundled, cat):
     probs = probabilities(bundled, cat)
     target = int(probs.argmax())
-    flip = L.min_flip(bundled, cat, "noise", seed=0, probs=probs)
+    flip = L.run(bundled, cat, L.FlipSpec("noise", seed=0, probs=probs))
     assert flip.value is not None and flip.to.index != target
-    at = L._forward(bundled, L.apply(bundled, cat, "noise", flip.value))[0]
+    at = classify(bundled, L.apply(bundled, cat, "noise", flip.value))[0]
     assert int(at.argmax()) == flip.to.index
-    below = L._forward(bundled, L.apply(bundled, cat, "noise", round(flip.value - flip.step, 10)))[0]
+    below = classify(bundled, L.apply(bundled, cat, "noise", round(flip.value - flip.step, 10)))[0]
     assert int(below.argmax()) == target
     assert flip.sentence() == (f"Adding noise of standard deviation {flip.value:g} turns 'Egyptian cat' into "
                                f"'{flip.to.label}' ({flip.to.prob:.0%}).")
-    for name in ("flip", "occlude", "shuffle"):
-        assert L.min_flip(bundled, cat, name) is None
+    for name in ("flip", "occlude", "shuffle"):  # no continuous parameter: no search
+        assert L.run(bundled, cat, L.LimitsSpec(name, (0,), probs=probs)).flip is None
+        with pytest.raises(L.LimitsError, match="no continuous parameter"):
+            L.run(bundled, cat, L.FlipSpec(name))
 
 
 def test_min_flip_signed_and_bounded_by_the_sweep(bundled, cat):
-    sw = L.sweep(bundled, cat, "rotate", (0, 15, 345))
-    flip = L.min_flip(bundled, cat, "rotate", known=sw)
+    res = L.run(bundled, cat, L.LimitsSpec("rotate", (0, 15, 345)))
+    sw, flip = res.sweep, res.flip
     assert sw.flipped and flip.value is not None and abs(flip.value) <= 15  # never "none" when the sweep saw one
-    at = L._forward(bundled, L.apply(bundled, cat, "rotate", flip.value))[0]
+    at = classify(bundled, L.apply(bundled, cat, "rotate", flip.value))[0]
     assert int(at.argmax()) == flip.to.index != sw.original.index
     assert ("clockwise" in flip.sentence()) and "turns 'Egyptian cat' into" in flip.sentence()
 
 
 def test_compare_two_models(bundled, cat):
     resnet = models.load("torchvision:resnet18@random")
-    a, b = L.compare([bundled, resnet], cat, "flip")
-    assert (a.model_id, b.model_id) == (bundled.id, resnet.id)
+    a, b = (jobs.run(m, cat, L.SweepSpec("flip")) for m in (bundled, resnet))
+    assert (a.model, b.model) == (bundled.id, resnet.id)
     assert b.points[0].top1 == predict(resnet, cat, 1)[0] and a.points[0].top1 == predict(bundled, cat, 1)[0]
+
+
+def stopping(model, at):
+    """A forward hook on `model.net` counting batches, and a Progress that asks to stop on
+    its first report and notes the count then."""
+    n = [0]
+    handle = model.net.register_forward_hook(lambda *_: n.__setitem__(0, n[0] + 1))
+    p = Progress(lambda f, text, preview: at.append(n[0]) or p.stop())
+    return n, handle, p
+
+
+@pytest.mark.parametrize("spec", [L.SweepSpec("rotate", (10, 20, 30, 40, 50, 60), batch_size=2),
+                                  L.FlipSpec("noise", batch_size=2),
+                                  L.LimitsSpec("blur", (1, 2, 3, 4), batch_size=2)])
+def test_sweeps_and_the_search_stop_within_one_batch(bundled, cat, spec):
+    probs = probabilities(bundled, cat)
+    at = []
+    n, handle, p = stopping(bundled, at)
+    try:
+        with pytest.raises(Cancelled):
+            L.run(bundled, cat, replace(spec, probs=probs), progress=p)
+    finally:
+        handle.remove()
+    assert len(at) == 1 and n[0] - at[0] <= 1  # at most one more batch after the stop request
+
+
+def test_specs_say_what_they_cost(bundled):
+    assert L.SweepSpec("flip").passes(bundled) == 2  # the original, and the mirrored image
+    assert L.SweepSpec("rotate", (0, 15, 30), probs=np.ones(3)).passes(bundled) == 2
+    assert L.SweepSpec("occlude", (112,)).passes(bundled) == 10
+    assert L.LimitsSpec("rotate").passes(bundled) > jobs.SHORT_PASSES
+    assert L.SweepSpec("rotate", (1, 2)) == L.SweepSpec("rotate", (1, 2), probs=np.ones(3))  # a hint, not a key
+    assert L.SweepSpec("rotate", (1, 2)).key() == L.SweepSpec("rotate", (1, 2), probs=np.ones(3)).key()
+    with pytest.raises(L.LimitsError, match="out of range"):
+        L.LimitsSpec("blur", (-1,)).check(bundled)
 
 
 # ---------------------------------------------------------------- CLI

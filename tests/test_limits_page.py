@@ -37,7 +37,7 @@ def test_default_demo_rotation(bundled):
 def test_highlight_and_click_recompute_nothing(monkeypatch):
     at = open_page(demo="shuffle", preset="coarse")
     calls = []
-    for name in ("sweep", "min_flip"):
+    for name in ("_sweep", "_min_flip"):
         real = getattr(L, name)
         monkeypatch.setattr(L, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k))
     at.select_slider(key="lim_point").set_value(2).run()
@@ -88,9 +88,9 @@ def test_compare_two_models():
 @pytest.fixture
 def no_search(monkeypatch):
     """Every demo's view, without the min-flip search (tested in test_limits.py)."""
-    monkeypatch.setattr(L, "min_flip", lambda *a, **k: None)
+    monkeypatch.setattr(L, "_min_flip", lambda *a, **k: None)
     yield
-    cache.limits_min_flip.clear()
+    cache._run.clear()
 
 
 @pytest.mark.parametrize("demo, values", [

@@ -8,6 +8,7 @@ from torch import nn
 from cnnviz import models
 from cnnviz import receptive as R
 from cnnviz.cli import main
+from cnnviz.contract import Progress
 from cnnviz.hooks import Recorder
 from cnnviz.images import load_image
 
@@ -281,7 +282,7 @@ def test_mass_boxes_on_a_known_map():
 
 def test_effective_field_lies_inside_the_box_and_is_smaller(bundled, samples):
     rows = R.architecture(bundled)
-    x = bundled.preprocess(load_image(samples["cat"]))
+    x = load_image(samples["cat"])
     u = R.unit(rows, "_blocks.8._project_conv", 0, 0)  # a corner unit: part of its box is padding
     assert u.box[0] < 0 and u.box_clipped[:2] == (0, 0)
     eff = R.effective(bundled, x, u)
@@ -301,7 +302,8 @@ def test_average_over_noise_reports_progress_and_is_centred(bundled):
     rows = R.architecture(bundled)
     u = R.unit(rows, "_blocks.5._project_conv")
     seen = []
-    eff = R.average_effective(bundled, u, R.noise_inputs(bundled, 6), batch_size=4, progress=seen.append)
+    spec = R.AverageSpec("_blocks.5._project_conv", source="noise", n=6, batch_size=4)
+    eff = R.run(bundled, None, spec, progress=Progress(lambda f, text, _: seen.append(f))).effective
     assert seen == [4 / 6, 1.0] and eff.samples == 6
     cy, cx = np.unravel_index(np.argmax(eff.map), eff.map.shape)
     uy, ux = u.centre
@@ -311,7 +313,7 @@ def test_average_over_noise_reports_progress_and_is_centred(bundled):
 def test_mutated_layer_is_refused_with_a_hint(samples):
     model = models.load("torchvision:resnet18@random")
     rows = R.architecture(model)
-    x = model.preprocess(load_image(samples["cat"]))
+    x = load_image(samples["cat"])
     with pytest.raises(R.RFError, match="changed in place"):
         R.effective(model, x, R.unit(rows, "layer1.0.bn2"))
 
@@ -340,3 +342,95 @@ def test_cli_rf_bad_input(capsys):
     assert main(["rf", "--layer", "_conv_head", "--y", "9"]) == 2
     assert "outside" in capsys.readouterr().err
     assert main(["rf"]) == 2
+
+
+# ---------------------------------------------------------------- the contract
+
+LAYER = "_blocks.8._project_conv"
+
+
+def test_effective_takes_the_image_and_normalizes_inside(bundled, samples):
+    image = load_image(samples["cat"])
+    u = R.unit(R.table(bundled), LAYER, 0, 13)
+    by_image = R.effective(bundled, image, u)
+    by_pixels = R.effective(bundled, bundled.to_pixels(image), u)
+    assert np.array_equal(by_image.map, by_pixels.map) and by_image.box90 == by_pixels.box90
+    # the gradient with respect to the normalized input, taken here by hand
+    x = bundled.preprocess(image).requires_grad_(True)
+    with Recorder(bundled, [LAYER], detach=False) as rec, torch.enable_grad():
+        bundled.net(x)
+        (g,) = torch.autograd.grad(rec.outputs[LAYER][0, :, 0, 13].sum(), x)
+    assert np.allclose(by_image.map, g.abs().sum(1)[0].numpy(), rtol=1e-6, atol=0)
+    with pytest.raises(R.RFError, match="normalization happens inside"):  # was silently a wrong field
+        R.effective(bundled, bundled.preprocess(image), u)
+
+
+def test_specs_give_the_cli_json(capsys, bundled, samples):
+    from cnnviz import jobs
+
+    image = load_image(samples["cat"])
+    got = jobs.run(bundled, image, R.EffectiveSpec(LAYER, 0, 13)).to_dict()
+    assert main(["rf", "--layer", LAYER, "--y", "0", "--x", "13", "--image", str(samples["cat"]), "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert got.pop("seconds") >= 0 and cli.pop("seconds") >= 0 and got == cli
+    table = jobs.run(bundled, None, R.TableSpec()).to_dict()
+    assert set(table) == {"model", "input_size", "layers", "seconds"} and table["input_size"] == [224, 224]
+    assert [l["name"] for l in table["layers"]] == [l.name for l in bundled.layers]
+    theory = jobs.run(bundled, None, R.UnitSpec(LAYER, 0, 13)).to_dict()
+    assert theory["erf_box50"] is None and {k: v for k, v in theory.items() if not k.startswith(("erf", "sec"))} \
+        == {k: v for k, v in cli.items() if not k.startswith("erf")}
+    with pytest.raises(R.RFError, match="No layer 'nope' in this model"):
+        jobs.run(bundled, None, R.UnitSpec("nope"))
+    with pytest.raises(R.RFError, match="outside"):
+        jobs.run(bundled, image, R.EffectiveSpec(LAYER, 14, 0))
+
+
+def test_table_picks_units_as_the_page_does(bundled):
+    t = R.run(bundled, None, R.TableSpec())
+    assert t.place(LAYER, 99, 3) == (6, 3) and t.place(LAYER, None, None) == (6, 6)  # 14x14: out of range -> centre
+    assert t.follow((LAYER, 0, 13), "_conv_head") == (0, 6) and t.follow(None, "_conv_head") is None
+    assert t.default_layer() in t.spatial and "_fc" not in t.spatial
+    ys, xs = t.centres(LAYER)
+    assert len(ys) == len(xs) == 14 and ys[:2] == [15.0, 31.0]
+    assert t.unit(LAYER, 0, 13) == R.unit(t.rows, LAYER, 0, 13)
+
+
+def test_average_over_samples_matches_the_mean_of_single_images(bundled, samples):
+    from cnnviz.samples import sample_paths
+
+    spec = R.AverageSpec("_blocks.5._project_conv", 3, 4, channel=2, source="samples", batch_size=4)
+    assert spec.passes(bundled) == len(sample_paths()) > 4  # a heavy job: the runner gives it a private copy
+    avg = R.run(bundled, None, spec).effective
+    u = R.unit(R.table(bundled), "_blocks.5._project_conv", 3, 4)
+    each = [R.effective(bundled, load_image(p), u, channel=2).map for p in sample_paths().values()]
+    assert avg.samples == len(each) and np.allclose(avg.map, np.mean(each, 0), rtol=1e-4, atol=1e-7)
+
+
+def test_average_stops_within_one_batch_when_asked(bundled):
+    from cnnviz.contract import Cancelled
+
+    batches, at_stop = [], []
+
+    def report(fraction, text, _):
+        if not at_stop:
+            at_stop.append(len(batches))
+            progress.stop()
+
+    progress = Progress(report)
+    handle = bundled.net.register_forward_hook(lambda *a: batches.append(1))
+    try:
+        with pytest.raises(Cancelled):
+            R.run(bundled, None, R.AverageSpec("_blocks.5._project_conv", source="noise", n=32, batch_size=4),
+                  progress=progress)
+    finally:
+        handle.remove()
+    assert at_stop and at_stop[0] >= 1 and len(batches) - at_stop[0] <= 1 and len(batches) < 8
+
+
+def test_analyses_take_no_lock_themselves():
+    """The job runner holds the model's lock (short jobs) or runs on a private copy."""
+    import inspect
+
+    from cnnviz import activations as A
+
+    assert "with model.lock" not in inspect.getsource(R) and "with model.lock" not in inspect.getsource(A)

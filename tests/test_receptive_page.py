@@ -23,7 +23,7 @@ def test_url_opens_a_unit_and_numbers_match_the_backend(page, bundled, samples):
     assert (page.number_input(key="rf_y").value, page.number_input(key="rf_x").value) == (0, 13)
     rows = R.architecture(bundled)
     u = R.unit(rows, LAYER, 0, 13)
-    eff = R.effective(bundled, bundled.preprocess(load_image(samples["cat"])), u)
+    eff = R.effective(bundled, load_image(samples["cat"]), u)
     s = R.summary(u, eff)
     shown = metrics(page)
     assert shown["Theoretical field (in the image)"] == f"{s['theoretical'][0]} x {s['theoretical'][1]} px"
@@ -64,7 +64,7 @@ def test_one_channel_uses_that_channels_gradient(page, bundled, samples):
     page.number_input(key="rf_channel").set_value(4).run()
     assert not page.exception and page.query_params["channel"] in ("4", ["4"])
     u = R.unit(R.architecture(bundled), LAYER, 0, 13)
-    x = bundled.preprocess(load_image(samples["cat"]))
+    x = load_image(samples["cat"])
     one, all_ = (R.summary(u, R.effective(bundled, x, u, c)) for c in (4, None))
     assert one["effective"] != all_["effective"]  # else this test could not tell them apart
     assert metrics(page)["Effective field (90% of mass)"] == f"{one['effective'][0]} x {one['effective'][1]} px"

@@ -8,10 +8,15 @@ import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from cnnviz import models
+from torch import nn
+
+from cnnviz import jobs, models
 from cnnviz import saliency as S
-from cnnviz.cli import main
+from cnnviz.cli import build_parser, main
+from cnnviz.contract import Cancelled, Progress
 from cnnviz.images import load_image
+from cnnviz.model import Model
+from cnnviz.predict import probabilities
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +57,7 @@ def test_gradcam_family_matches_pytorch_grad_cam(request, cat, model_fixture, la
 def test_scorecam_matches_pytorch_grad_cam(request, cat, model_fixture, layer):
     model = request.getfixturevalue(model_fixture)
     seen = []
-    ours = S.attribute(model, cat, "scorecam", layer=layer, progress=seen.append)
+    ours = S.attribute(model, cat, "scorecam", layer=layer, progress=Progress(lambda f, text, _: seen.append(f)))
     assert seen and seen == sorted(seen) and seen[-1] == 1.0
     ref = reference(model, cat, ScoreCAM, layer, ours.target)
     assert not ours.empty and pearson(ours.map, ref) >= 0.99
@@ -97,7 +102,7 @@ def test_input_methods_shapes_and_no_hooks_left(resnet, cat, method):
 @pytest.mark.parametrize("method", ["smoothgrad", "ig", "occlusion"])
 def test_captum_methods_report_progress_per_batch(resnet, cat, method):
     seen, small = [], resnet.to_pixels(cat)[..., ::2, ::2]  # 112x112: same loops, a quarter of the work
-    S.attribute(resnet, small, method, batch_size=4, progress=seen.append)
+    S.attribute(resnet, small, method, batch_size=4, progress=Progress(lambda f, text, _: seen.append(f)))
     assert len(seen) >= 4 and seen == sorted(seen) and seen[-1] == 1.0 and seen[0] < 0.5
 
 
@@ -120,12 +125,13 @@ def test_bad_arguments(bundled, cat):
 
 
 def test_the_lock_keeps_two_threads_captum_hooks_apart(resnet, cat):
+    """The job runner holds the model's lock around short jobs (analyses take none themselves)."""
     expected = {m: S.attribute(resnet, cat, m, target=7).map for m in ("guided_backprop", "gradients")}
     results, barrier = {}, threading.Barrier(2)
 
     def run(method):
         barrier.wait()
-        results[method] = [S.attribute(resnet, cat, method, target=7).map for _ in range(3)]
+        results[method] = [jobs.run(resnet, cat, S.SaliencySpec(method, target=7)).map for _ in range(3)]
 
     threads = [threading.Thread(target=run, args=(m,)) for m in expected]
     for t in threads:
@@ -146,6 +152,7 @@ def test_cli_json(capsys, samples, bundled, cat, tmp_path):
     m = np.load(npy)
     assert m.shape == (224, 224) and m.dtype == np.float32 and m.min() >= 0
     assert list(np.unravel_index(m.argmax(), m.shape)) == out["peak"]
+    assert out["target"]["prob"] == pytest.approx(probabilities(bundled, cat)[281], abs=1e-6)
     assert (tmp_path / "o.png").stat().st_size > 1000
 
 
@@ -160,3 +167,109 @@ def test_cli_bad_input(capsys, samples, argv, words):
     assert main(["saliency", str(samples["cat"]), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0]
+
+
+def test_the_registry_is_the_one_list_of_methods(bundled):
+    assert list(S.METHODS) == ["gradcam", "gradcampp", "scorecam", "guided_gradcam", "gradients", "smoothgrad", "ig",
+                               "occlusion", "guided_backprop"]
+    assert [m for m, d in S.METHODS.items() if d.takes_layer] == ["gradcam", "gradcampp", "scorecam", "guided_gradcam"]
+    assert [m for m, d in S.METHODS.items() if d.guided] == ["guided_gradcam", "guided_backprop"]
+    sub = next(a for a in build_parser()._actions if a.dest == "cmd").choices["saliency"]
+    assert list(next(a for a in sub._actions if a.dest == "method").choices) == list(S.METHODS)
+    passes = {m: S.SaliencySpec(m).check(bundled).passes(bundled) for m in S.METHODS}
+    assert passes == {"gradcam": 1, "gradcampp": 1, "scorecam": 2 + 1280 // 8, "guided_gradcam": 2, "gradients": 1,
+                      "smoothgrad": 24, "ig": 34, "occlusion": 1 + 13 * 13, "guided_backprop": 1}
+    assert [m for m, p in passes.items() if p > jobs.SHORT_PASSES] == ["scorecam", "smoothgrad", "ig", "occlusion"]
+
+
+def test_spec_through_the_runner(bundled, cat):
+    spec = S.SaliencySpec("gradcam", target=281)
+    assert spec.check(bundled) == S.SaliencySpec("gradcam", target=281, layer="_swish#1")
+    assert S.SaliencySpec("ig", layer="_swish#1").check(bundled).layer is None  # only CAM methods take a layer
+    a = jobs.run(bundled, cat, spec)
+    direct = S.attribute(bundled, cat, "gradcam", 281)
+    assert np.array_equal(a.map, direct.map) and a.model == bundled.id and a.seconds > 0
+    assert a.to_dict() == {"model": bundled.id, "method": "gradcam", "layer": "_swish#1",
+                           "target": {"index": 281, "label": "tabby", "prob": probabilities(bundled, cat)[281]},
+                           "shape": [224, 224], "peak": list(direct.peak), "seconds": a.seconds}
+    top = jobs.run(bundled, cat, S.SaliencySpec("gradients"))  # no target: the top-1, and its probability
+    probs = probabilities(bundled, cat)
+    assert top.target == int(probs.argmax()) and top.prob == probs.max() and top.label == bundled.categories[top.target]
+    with pytest.raises(S.SaliencyError, match="at least 1"):
+        jobs.run(bundled, cat, S.SaliencySpec("ig", ig_steps=0))
+    sweep = jobs.run(bundled, cat, S.SweepSpec(281))
+    assert list(sweep.maps) == S.stage_layers(bundled) and sweep.to_dict()["layers"] == S.stage_layers(bundled)
+
+
+@pytest.mark.parametrize("method", ["ig", "smoothgrad"])
+def test_fast_passes_match_the_exact_network(resnet, cat, method):
+    """IG and SmoothGrad run their passes on the BatchNorm-folded `fast_net`: the same maps to float rounding."""
+    small = resnet.to_pixels(cat)[..., ::2, ::2]
+    assert resnet.fast_net is not resnet.pixel_net  # folded: the comparison means something
+    maps = []
+    for exact in (False, True):
+        torch.manual_seed(0)  # SmoothGrad's noise
+        maps.append(S.attribute(resnet, small, method, target=3, ig_steps=8, smooth_samples=4, exact=exact))
+    fast, exact = maps
+    # Not elementwise: a ReLU kink crossed by a rounding difference moves a few pixels by up to ~1% of the peak.
+    assert np.abs(fast.map - exact.map).mean() <= 1e-4 * exact.map.max()
+    assert pearson(fast.map, exact.map) > 0.9999
+    if method == "ig":
+        assert fast.delta == pytest.approx(exact.delta, abs=1e-3) and fast.prob == exact.prob
+
+
+@pytest.mark.parametrize("method, options", [
+    ("scorecam", {"layer": "layer3.1.conv1"}), ("ig", {}), ("smoothgrad", {}), ("occlusion", {})])
+def test_multipass_methods_stop_within_one_batch(resnet, cat, method, options, monkeypatch):
+    """A stop request made at the first report ends the job before the next batch. Batches are
+    counted on `net` (pixel_net's passes) and on a counting `fast_net` (IG's and SmoothGrad's)."""
+    small = resnet.to_pixels(cat)[..., ::2, ::2]
+    batches, at_stop = [], []
+
+    class Counting(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.inner = net
+
+        def forward(self, x):
+            batches.append(len(x))
+            return self.inner(x)
+
+    counting = Counting(resnet.fast_net)
+    monkeypatch.setattr(Model, "fast_net", property(lambda self: counting))
+
+    def report(fraction, text, _):
+        if not at_stop:
+            at_stop.append(len(batches))
+            progress.stop()
+
+    progress = Progress(report)
+    spec = S.SaliencySpec(method, target=3, batch_size=4, **options)
+    handle = resnet.net.register_forward_hook(lambda m, i, o: batches.append(len(i[0])))
+    try:
+        with pytest.raises(Cancelled):
+            S.run(resnet, small, spec, progress=progress)
+    finally:
+        handle.remove()
+    assert at_stop and len(batches) <= at_stop[0] + 1, (at_stop, batches)
+    assert spec.check(resnet).passes(resnet) > 4 * (at_stop[0] + 1)  # it had many more batches to go
+
+
+@pytest.mark.parametrize("model_fixture, layer", [("bundled", "_swish#1"), ("bundled", "_blocks.5._swish"),
+                                                  ("resnet", "layer4.1.conv2"), ("resnet", "layer4.1.bn2")])
+def test_gradient_from_the_layer_on_is_the_full_graphs(request, cat, model_fixture, layer):
+    """Grad-CAM's pass builds its graph from the layer's output on (the recorder makes it the
+    leaf): the same gradient as with the input carrying the graph. ResNet's `bn2` outputs are
+    changed in place by `out += identity`, so there the input carries it."""
+    from cnnviz.hooks import Recorder
+
+    model = request.getfixturevalue(model_fixture)
+    assert (layer in model.mutated_layers) == (layer == "layer4.1.bn2")
+    x = model.to_pixels(cat)
+    score = S._Score(model.pixel_net, 7, None)
+    act, grad = S._layer_and_grad(model, score, x, layer)
+    xg = x.detach().requires_grad_(True)
+    with Recorder(model, [layer], detach=False) as rec, torch.enable_grad():
+        (ref,) = torch.autograd.grad(score(xg).sum(), rec.outputs[layer])
+    assert torch.equal(grad, ref[0]) and torch.equal(act, rec.outputs[layer].detach()[0])
+    assert all(not m._forward_hooks for m in model.net.modules())
