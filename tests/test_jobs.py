@@ -110,12 +110,18 @@ def test_a_heavy_job_does_not_hold_the_shared_lock(tiny):
     assert "error" not in out and out["result"].net_id != id(tiny.net)
 
 
-def test_heavy_jobs_queue_for_their_slots_and_say_so(tiny):
+def _slot_taken(model):
+    """A runner with one heavy slot, taken by a job that runs until its gate opens."""
     runner = jobs.Runner(heavy_slots=1, heavy_threads=1)
     first = PassesSpec(6, hold=True)
     GATES[id(first)] = threading.Event()
-    t1, out1 = _in_thread(lambda: runner.run(tiny, None, first))
+    thread, out = _in_thread(lambda: runner.run(model, None, first))
     assert STARTED.setdefault(id(first), threading.Event()).wait(60)
+    return runner, GATES[id(first)], thread, out
+
+
+def test_heavy_jobs_queue_for_their_slots_and_say_so(tiny):
+    runner, gate, t1, out1 = _slot_taken(tiny)
     told = []
     second = PassesSpec(7)
     t2, out2 = _in_thread(lambda: runner.run(tiny, None, second, progress=Progress(lambda f, text, _: told.append(text))))
@@ -124,18 +130,14 @@ def test_heavy_jobs_queue_for_their_slots_and_say_so(tiny):
         time.sleep(0.01)
     assert told and told[0] == "Waiting for a free slot: 1 long job ahead"
     assert runner.busy == (1, 1) and t2.is_alive()
-    GATES[id(first)].set()
+    gate.set()
     t1.join(60), t2.join(60)
     assert "error" not in out1 and "error" not in out2
     assert told[-1] == "pass 7 of 7" and runner.busy == (0, 0)
 
 
 def test_a_queued_job_can_be_cancelled_and_leaves_the_queue(tiny):
-    runner = jobs.Runner(heavy_slots=1, heavy_threads=1)
-    first = PassesSpec(6, hold=True)
-    GATES[id(first)] = threading.Event()
-    t1, _ = _in_thread(lambda: runner.run(tiny, None, first))
-    assert STARTED.setdefault(id(first), threading.Event()).wait(60)
+    runner, gate, t1, _ = _slot_taken(tiny)
     waiting = Progress()
     t2, out2 = _in_thread(lambda: runner.run(tiny, None, PassesSpec(9), progress=waiting))
     deadline = time.time() + 60
@@ -144,7 +146,7 @@ def test_a_queued_job_can_be_cancelled_and_leaves_the_queue(tiny):
     waiting.stop()
     t2.join(60)
     assert isinstance(out2.get("error"), Cancelled) and runner.busy == (1, 0)
-    GATES[id(first)].set()
+    gate.set()
     t1.join(60)
     assert runner.busy == (0, 0)
 
