@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 from . import jobs, models
 from .contract import CnnvizError, Progress
@@ -22,14 +21,6 @@ class UsageError(CnnvizError):
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, instead of argparse's usage block
         raise UsageError(f"{message} (see `python -m {' '.join(['cnnviz', *self.prog.split()[1:]])} --help`)")
-
-
-def _timed(fn):
-    """Run `fn` once to warm up, then again timed: (result, seconds)."""
-    fn()
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
 
 
 def _run(model, image, spec, warmup=None):

@@ -83,5 +83,3 @@ def thumbnail(path: str, size: int = 128) -> bytes:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
-
-
