@@ -45,7 +45,7 @@ def main() -> None:
     for layer, c in channels(model):
         if layer not in nat:
             nat[layer] = FV.natural(model, layer, images)
-        spec = FV.FeatureVisSpec(layer, c, "channel", args.size, args.steps, cache=False)
+        spec = FV.FeatureVisSpec(layer, c, "channel", size=args.size, steps=args.steps, cache=False)
         _, nat_max = nat[layer].stats(spec)
         r = FV.run(model, None, spec)
         rows.append({"layer": layer, "channel": c, "activation_start": r.activation_start,

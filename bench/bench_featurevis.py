@@ -83,7 +83,7 @@ def main() -> None:
 
     rows = []
     for layer, channel in CASES:
-        spec = FV.FeatureVisSpec(layer, channel, "channel", SIZE, args.steps, cache=False)
+        spec = FV.FeatureVisSpec(layer, channel, "channel", size=SIZE, steps=args.steps, cache=False)
         fns = {"bare": bare, "ours": lambda s=spec: FV.run(model, None, s)}
         if peer:
             fns["lucent"] = lucent_render(peer_net, layer, channel, args.steps)
@@ -104,7 +104,7 @@ def main() -> None:
                          "bare_fwd_bwd_ms": b * 1e3, "ms_per_step": run * 1e3, "ratio_vs_bare": run / b,
                          "goal": "info"})
         print(*rows[-1 - peer - args.runner:], flush=True)
-    spec = FV.FeatureVisSpec(None, 1, "class", SIZE, args.steps, cache=False)
+    spec = FV.FeatureVisSpec(None, 1, "class", size=SIZE, steps=args.steps, cache=False)
     t = interleaved({"bare": bare, "ours": lambda: FV.run(model, None, spec)}, args.repeats, warmup=1)
     b, ours = median(t["bare"]), median(t["ours"]) / args.steps
     rows.append({"case": "ours: class logit 1", "bare_fwd_bwd_ms": b * 1e3, "ms_per_step": ours * 1e3,

@@ -125,8 +125,8 @@ def cmd_featurevis(args) -> dict:
     from . import featurevis as FV
 
     model = models.load(args.model, progress=_stderr_progress)
-    spec = FV.FeatureVisSpec(args.layer, args.channel, args.objective, args.size, args.steps, args.lr, args.seed,
-                             cache=False).check(model)  # always computed: `seconds` is compute time
+    spec = FV.FeatureVisSpec(args.layer, args.channel, args.objective, size=args.size, steps=args.steps, lr=args.lr,
+                             seed=args.seed, cache=False).check(model)  # always computed: `seconds` is compute time
     natural_mean, natural_max = jobs.run(model, None, FV.NaturalSpec(spec.layer)).stats(spec)
     result = _run(model, None, spec, replace(spec, steps=1))
     result.natural_mean, result.natural_max = natural_mean, natural_max

@@ -44,7 +44,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,17 +86,14 @@ class FeatureVisError(CnnvizError):
 
 # ---------------------------------------------------------------- specs
 
-@dataclass(frozen=True)
-class FeatureVisSpec(contract.Spec):
-    """What to maximize and how. `channel` is the class index for objective "class".
+@dataclass(frozen=True, kw_only=True)
+class Render(contract.Spec):
+    """How a unit is rendered, shared by `FeatureVisSpec` and `GallerySpec` (keywords only).
 
     `cache` and `preview_every` say how it runs, not what it computes: they are left out
     of equality, `key()` and the cache's file names. `cache=False` always optimizes and
     keeps nothing (the CLI: its `seconds` is compute time); `preview_every`: steps
     between two preview images handed to `progress`."""
-    layer: str | None
-    channel: int
-    objective: str = "channel"
     size: int = 128
     steps: int = 256
     lr: float = 0.05
@@ -104,13 +101,11 @@ class FeatureVisSpec(contract.Spec):
     cache: bool = field(default=True, compare=False, repr=False)
     preview_every: int = field(default=16, compare=False, repr=False)
 
-    def passes(self, model) -> int:
-        return self.steps
+    def render(self) -> dict:
+        """These settings as keywords, to build a spec with the same ones."""
+        return {f.name: getattr(self, f.name) for f in fields(Render)}
 
-    def check(self, model: Model) -> "FeatureVisSpec":
-        """Validated against the model (with `layer` None for classes)."""
-        if self.objective not in OBJECTIVES:
-            raise FeatureVisError(f"Unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)}.")
+    def _check_render(self) -> None:
         if not SIZES[0] <= self.size <= SIZES[1]:
             raise FeatureVisError(f"Image size {self.size} is out of range; use {SIZES[0]} to {SIZES[1]} pixels.")
         if not 1 <= self.steps <= MAX_STEPS:
@@ -119,6 +114,28 @@ class FeatureVisSpec(contract.Spec):
             raise FeatureVisError(f"The learning rate must be above 0 and at most 1, not {self.lr}.")
         if self.preview_every < 1:
             raise FeatureVisError(f"Previews come every 1 or more steps, not {self.preview_every}.")
+
+    def estimate_seconds(self, units: int = 1) -> float:
+        """About how long `units` renders take on a laptop CPU."""
+        return units * self.steps * LAPTOP_STEP_SECONDS * (self.size / 128) ** 2
+
+
+@dataclass(frozen=True)
+class FeatureVisSpec(Render):
+    """What to maximize (the rendering settings come from `Render`). `channel` is the
+    class index for objective "class"."""
+    layer: str | None
+    channel: int
+    objective: str = "channel"
+
+    def passes(self, model) -> int:
+        return self.steps
+
+    def check(self, model: Model) -> "FeatureVisSpec":
+        """Validated against the model (with `layer` None for classes)."""
+        if self.objective not in OBJECTIVES:
+            raise FeatureVisError(f"Unknown objective {self.objective!r}; use one of {', '.join(OBJECTIVES)}.")
+        self._check_render()
         if self.objective == "class":
             n = len(model.categories)
             if not 0 <= self.channel < n:
@@ -138,32 +155,21 @@ class FeatureVisSpec(contract.Spec):
         blob = json.dumps({"v": VERSION, "model": model_id, **params}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
-    def estimate_seconds(self) -> float:
-        """About how long a run takes on a laptop CPU."""
-        return self.steps * LAPTOP_STEP_SECONDS * (self.size / 128) ** 2
-
 
 def _channels(model: Model, layer: str) -> int:
     return {l.name: l.shape[0] for l in model.layers}[layer]
 
 
 @dataclass(frozen=True)
-class GallerySpec(contract.Spec):
+class GallerySpec(Render):
     """Channels 0..n-1 of `layer`, each a `FeatureVisSpec` with these settings (each
     cached like one); `n` is capped at the layer's channel count."""
     layer: str
     n: int = 8
     objective: str = "channel"
-    size: int = 128
-    steps: int = 256
-    lr: float = 0.05
-    seed: int = 0
-    cache: bool = field(default=True, compare=False, repr=False)
-    preview_every: int = field(default=16, compare=False, repr=False)
 
     def unit(self, channel: int) -> FeatureVisSpec:
-        return FeatureVisSpec(self.layer, channel, self.objective, self.size, self.steps, self.lr, self.seed,
-                              cache=self.cache, preview_every=self.preview_every)
+        return FeatureVisSpec(self.layer, channel, self.objective, **self.render())
 
     def units(self) -> list[FeatureVisSpec]:
         return [self.unit(c) for c in range(self.n)]
@@ -177,11 +183,6 @@ class GallerySpec(contract.Spec):
             raise FeatureVisError("The gallery walks the channels of a layer; pick the channel or neuron objective.")
         n = max(1, min(self.n, _channels(model, first.layer)))
         return self if n == self.n else replace(self, n=n)
-
-    def estimate_seconds(self, channels: int | None = None) -> float:
-        """About how long `channels` of them (default: all) take on a laptop CPU."""
-        count = self.n if channels is None else channels
-        return count * self.steps * LAPTOP_STEP_SECONDS * (self.size / 128) ** 2
 
 
 @dataclass(frozen=True)

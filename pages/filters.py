@@ -129,10 +129,10 @@ def unit_controls(gallery: bool) -> FV.FeatureVisSpec | FV.GallerySpec:
         s2.select_slider("Steps", STEPS, key="fv_steps")
         s3.number_input("Learning rate (Adam)", 0.001, 1.0, key="fv_lr", step=0.01, format="%.3f")
         s4.number_input("Seed", 0, 2 ** 31 - 1, key="fv_seed", help="Same seed and settings: the same image.")
-    settings = (objective, int(ss["fv_size"]), int(ss["fv_steps"]), float(ss["fv_lr"]), int(ss["fv_seed"]))
+    render = {"size": int(ss["fv_size"]), "steps": int(ss["fv_steps"]), "lr": float(ss["fv_lr"]), "seed": int(ss["fv_seed"])}
     if gallery:
-        return FV.GallerySpec(layer, int(ss["fv_n"]), *settings).check(model)
-    return FV.FeatureVisSpec(layer, int(ss["fv_channel"]), *settings).check(model)
+        return FV.GallerySpec(layer, int(ss["fv_n"]), objective, **render).check(model)
+    return FV.FeatureVisSpec(layer, int(ss["fv_channel"]), objective, **render).check(model)
 
 
 def _evidence(spec: FV.FeatureVisSpec, upload: str) -> FV.Evidence:

@@ -48,7 +48,7 @@ def test_objective_rises(bundled):
 def test_neuron_and_class_objectives(bundled):
     n = FV.optimize(bundled, spec(objective="neuron", steps=12))
     assert n.activation_end > n.activation_start
-    c = FV.optimize(bundled, FV.FeatureVisSpec("ignored", 949, "class", 48, 12))
+    c = FV.optimize(bundled, FV.FeatureVisSpec("ignored", 949, "class", size=48, steps=12))
     assert c.spec.layer is None and c.activation_end > c.activation_start + 1
 
 
