@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
-from . import jobs, models
+from . import bounds, files, images, jobs, models
 from .contract import CnnvizError, Progress
-from .images import load_image
 
 
 class UsageError(CnnvizError):
@@ -21,6 +22,81 @@ class UsageError(CnnvizError):
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, instead of argparse's usage block
         raise UsageError(f"{message} (see `python -m {' '.join(['cnnviz', *self.prog.split()[1:]])} --help`)")
+
+
+def _image(path: str):
+    """The image at `path`, through the same intake as an upload; what intake changed
+    (an extreme aspect ratio cut, an oversized image scaled) is said on stderr."""
+    got = images.intake(path, name=path)
+    if got.note:
+        print(f"cnnviz: note: {got.note}", file=sys.stderr)
+    return got.image
+
+
+def _model(args):
+    """`--model ID`, or the user's own `--weights PATH` for `--arch NAME` (with optional
+    `--labels FILE`): the loading and limits of the sidebar's "Use your own weights"."""
+    if getattr(args, "weights", None) is None:
+        return models.load(args.model or models.BUNDLED_ID, progress=_stderr_progress)
+    data = files.read(args.weights, bounds.WEIGHTS_BYTES, "weights", models.ModelError, name=args.weights)
+    labels = None
+    if args.labels:
+        text = files.read(args.labels, bounds.LABELS_BYTES, "labels", models.ModelError, name=args.labels)
+        labels = models.read_labels(text, args.labels)
+    return models.load_checkpoint(args.arch, data, Path(args.weights).name, labels)
+
+
+def _check_args(args) -> None:
+    """What can be checked before any heavy work: the model flags go together, every
+    input path names a readable file, every output path can be written."""
+    weights, arch, labels = (getattr(args, k, None) for k in ("weights", "arch", "labels"))
+    if weights is not None and getattr(args, "model", None) and args.cmd != "download":
+        raise UsageError("give either --model ID or --weights PATH (with --arch), not both")
+    if weights is not None and not arch:
+        raise UsageError("--weights needs --arch NAME, the torchvision architecture it was trained from "
+                         "(e.g. --arch resnet18)")
+    if weights is None and (arch or labels):
+        raise UsageError(f"{'--arch' if arch else '--labels'} goes with --weights PATH (your own state dict)")
+    if arch:
+        models._weights(arch)  # an unknown architecture, before any file is read
+    for attr, kind, error in (("image", "image", images.ImageError), ("weights", "weights", models.ModelError),
+                              ("labels", "labels", models.ModelError)):
+        path = getattr(args, attr, None)
+        if path:
+            files.check_readable(path, kind, error, name=path)
+    for attr in ("out", "npy"):
+        path = getattr(args, attr, None)
+        if path:
+            _check_writable(path + ("" if attr != "npy" or path.endswith(".npy") else ".npy"), f"--{attr}")
+
+
+def _check_writable(path: str, flag: str) -> None:
+    """`path` can be created or overwritten: tried (and the trial removed), since a
+    permission check says nothing to root on a read-only mount or under /proc."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name, e.g. {p / 'out.png'}")
+    parent = p.parent
+    if not parent.is_dir():
+        what = "does not exist" if not parent.exists() else "is not a folder"
+        raise UsageError(f"cannot write {flag} {path}: the folder {parent} {what}")
+    existed = p.exists()
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_NONBLOCK | (0 if existed else os.O_CREAT | os.O_EXCL), 0o644)
+        os.close(fd)
+    except OSError as e:
+        raise UsageError(f"cannot write {flag} {path}: {e.strerror or e}") from None
+    if not existed:
+        p.unlink(missing_ok=True)
+
+
+def _save_npy(array, path: str) -> None:
+    import numpy as np
+
+    try:
+        np.save(path, array)
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _run(model, image, spec, warmup=None):
@@ -33,24 +109,22 @@ def _run(model, image, spec, warmup=None):
 def cmd_predict(args) -> dict:
     from .predict import PredictSpec
 
-    image = load_image(args.image)
+    image = _image(args.image)
     spec = PredictSpec(args.topk).check(None)
-    model = models.load(args.model, progress=_stderr_progress)
+    model = _model(args)
     return {**_run(model, image, spec).to_dict(), "image": args.image}
 
 
 def cmd_activations(args) -> dict:
     from . import activations as A
 
-    image = load_image(args.image)
-    model = models.load(args.model, progress=_stderr_progress)
+    image = _image(args.image)
+    model = _model(args)
     result = _run(model, image, A.ActivationsSpec((args.layer,)))
     if args.out:
         _save_png(result.mosaic(args.layer, "mean")[0], args.out)
     if args.npy:
-        import numpy as np
-
-        np.save(args.npy, result.maps[args.layer])
+        _save_npy(result.maps[args.layer], args.npy)
     return result.to_dict()
 
 
@@ -69,8 +143,8 @@ def cmd_saliency(args) -> dict:
 
     if args.layer and not S.METHODS[args.method].takes_layer:
         raise UsageError(f"--layer applies to Grad-CAM-style methods, not {args.method}")
-    image = load_image(args.image)
-    model = models.load(args.model, progress=_stderr_progress)
+    image = _image(args.image)
+    model = _model(args)
     target = class_index(model, args.target) if args.target is not None else None
     contrast = class_index(model, args.contrast) if args.contrast is not None else None
     spec = S.SaliencySpec(args.method, target, args.layer, contrast).check(model)
@@ -80,9 +154,7 @@ def cmd_saliency(args) -> dict:
 
         _save_png(__import__("numpy").asarray(overlay(model.input_image(image), att.map, 0.5, "jet")), args.out)
     if args.npy:
-        import numpy as np
-
-        np.save(args.npy, att.map)
+        _save_npy(att.map, args.npy)
     return att.to_dict()
 
 
@@ -91,8 +163,8 @@ def cmd_trust(args) -> dict:
     from .predict import class_index
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    image = load_image(args.image)
-    model = models.load(args.model, progress=_stderr_progress)
+    image = _image(args.image)
+    model = _model(args)
     target = class_index(model, args.target) if args.target is not None else None
     spec = Tr.TrustSpec(methods, target, args.steps, args.seed).check(model)
     # Warm-up: every method's first pass (imports, the folded network) at a fraction of the cost.
@@ -104,9 +176,9 @@ def cmd_limits(args) -> dict:
     from . import limits as L
     from .predict import PredictSpec
 
-    image = load_image(args.image)
+    image = _image(args.image)
     values = L.parse_values(args.transform, args.values)
-    model = models.load(args.model, progress=_stderr_progress)
+    model = _model(args)
     probs = jobs.run(model, image, PredictSpec()).probs  # predict's numbers at the identity, as the page
     res = _run(model, image, L.LimitsSpec(args.transform, values, args.seed, probs=probs))
     if args.out:
@@ -124,7 +196,7 @@ def cmd_featurevis(args) -> dict:
 
     from . import featurevis as FV
 
-    model = models.load(args.model, progress=_stderr_progress)
+    model = _model(args)
     spec = FV.FeatureVisSpec(args.layer, args.channel, args.objective, size=args.size, steps=args.steps, lr=args.lr,
                              seed=args.seed, cache=False).check(model)  # always computed: `seconds` is compute time
     natural_mean, natural_max = jobs.run(model, None, FV.NaturalSpec(spec.layer)).stats(spec)
@@ -138,7 +210,7 @@ def cmd_featurevis(args) -> dict:
 def cmd_filters(args) -> dict:
     from . import filters as Fi
 
-    model = models.load(args.model, progress=_stderr_progress)
+    model = _model(args)
     result = _run(model, None, Fi.FiltersSpec(args.layer, args.sort, args.filter))
     if args.out:
         _save_png(result.tiles, args.out)
@@ -150,8 +222,8 @@ def cmd_rf(args) -> dict:
 
     if not args.all and not args.layer:
         raise UsageError("give --layer NAME (or --all to list every layer's field)")
-    image = load_image(args.image) if args.image else None
-    model = models.load(args.model, progress=_stderr_progress)
+    image = _image(args.image) if args.image else None
+    model = _model(args)
     if args.all:
         return _run(model, None, R.TableSpec()).to_dict()
     spec = (R.EffectiveSpec if image is not None else R.UnitSpec)(args.layer, args.y, args.x)
@@ -169,8 +241,8 @@ def cmd_attack(args) -> dict:
     from . import adversarial as A
     from .predict import class_index
 
-    image = load_image(args.image)
-    model = models.load(args.model, progress=_stderr_progress)
+    image = _image(args.image)
+    model = _model(args)
     target = class_index(model, args.target) if args.target is not None else None
     spec = A.AttackSpec(args.method, args.eps, args.steps, args.step_size, target, args.random_start, args.seed,
                         png=bool(args.out)).check(model)  # before the warm-up run
@@ -190,9 +262,9 @@ def cmd_sweep(args) -> dict:
     from . import adversarial as A
     from .predict import class_index
 
-    image = load_image(args.image)
+    image = _image(args.image)
     budgets = A.parse_budgets(args.budgets)
-    model = models.load(args.model, progress=_stderr_progress)
+    model = _model(args)
     target = class_index(model, args.target) if args.target is not None else None
     spec = A.BudgetSweepSpec(args.method, budgets, args.steps, args.step_size, target, args.random_start,
                              args.seed).check(model)
@@ -210,7 +282,7 @@ def cmd_models(args) -> dict:
 def cmd_layers(args) -> dict:
     from .activations import LayersSpec
 
-    model = models.load(args.model, progress=_stderr_progress)
+    model = _model(args)
     return _run(model, None, LayersSpec()).to_dict()
 
 
@@ -316,8 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(fn=fn)
         if model:
-            sp.add_argument("--model", default=models.BUNDLED_ID,
-                            help="efficientnet_lite0 (default), torchvision:NAME or torchvision:NAME@random")
+            sp.add_argument("--model", help="efficientnet_lite0 (default), torchvision:NAME or torchvision:NAME@random")
+            own = sp.add_argument_group("your own weights (instead of --model)")
+            own.add_argument("--weights", metavar="PATH",
+                             help="a state dict (.pt/.pth from torch.save(model.state_dict()), or .safetensors), "
+                                  f"up to {files.size_text(bounds.WEIGHTS_BYTES)}")
+            own.add_argument("--arch", metavar="NAME", help="the torchvision architecture the weights are for "
+                                                            "(e.g. resnet18); the class count comes from its head")
+            own.add_argument("--labels", metavar="FILE", help="class names, one per line "
+                                                              f"(up to {bounds.MAX_CLASSES:,})")
         sp.add_argument("--json", action="store_true", help="print one JSON object")
         return sp
 
@@ -416,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs.RUNNER = jobs.Runner(heavy_threads=torch_threads())
     try:
         args = build_parser().parse_args(argv)
+        _check_args(args)
         out = args.fn(args)
     except CnnvizError as e:  # the user's mistake (exit 2, one line), as opposed to a bug (exit 1)
         print(f"cnnviz: error: {e}", file=sys.stderr)

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import io
 import os
+import struct
 import tempfile
 import urllib.error
 import urllib.request
@@ -23,6 +24,7 @@ import torch
 import torchvision
 from torch import nn
 
+from . import bounds, files
 from .contract import CnnvizError, Progress
 from .model import LayerInfo, Model, finish  # noqa: F401  (LayerInfo: re-exported for callers)
 
@@ -235,27 +237,49 @@ def _pretty(name: str) -> str:
 # ---------------------------------------------------------------- user checkpoints
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+_WEIGHTS_HINT = "Save only `model.state_dict()` (no optimizer state), or fine-tune a smaller architecture."
+# A state dict's index (the pickle that names its tensors) takes ~150 bytes a tensor: a few
+# hundred KB for the largest torchvision model. One far larger makes millions of tensor
+# objects from a small file (each a view of one shared storage), so it is refused unread.
+_PICKLE_BYTES = 4 * 2 ** 20
+# One record per tensor storage: ~1,000 for DenseNet-121, the most in the zoo.
+_ZIP_ENTRIES = 65_536
 
 
 def load_checkpoint(arch: str, data: bytes, filename: str, labels: list[str] | None = None) -> Model:
     """A user's fine-tuned state dict for a torchvision architecture.
 
-    Only tensors are read (`weights_only=True` or safetensors); the class count comes
-    from the head's weight shape; `labels` (one per class) are optional.
+    The bytes are checked against `bounds.WEIGHTS_BYTES` before they are parsed; only
+    tensors are read (`weights_only=True` or safetensors). Everything is checked against
+    the architecture built on the meta device (shapes, no memory) before the network is
+    built for real: the class count from the head's weight (`bounds.MIN_CLASSES` to
+    `bounds.MAX_CLASSES`), every key's shape and kind, finite values, and the count of
+    `labels` (one per class; optional).
     """
+    files.check_size(len(data), bounds.WEIGHTS_BYTES, filename, "weights", ModelError, _WEIGHTS_HINT)
     weights = _weights(arch)
     sd = _read_state_dict(data, filename)
-    with torch.device("meta"):  # find the head's key without allocating a model
-        head = _head_key(_build(arch, weights=None))
-    # The class count comes from the head; without one, the mismatch report names it.
-    num_classes = int(sd[head].shape[0]) if head in sd and sd[head].ndim >= 1 else len(weights.meta["categories"])
-    net = _build(arch, weights=None, num_classes=num_classes)
-    problem = first_mismatch(net.state_dict(), sd)
+    with torch.device("meta"):  # the architecture's shapes without allocating a model
+        meta = _build(arch, weights=None)
+    head = _head_key(meta)
+    num_classes = _class_count(sd, head, meta.state_dict()[head], arch, filename)
+    if labels is not None and num_classes is not None and len(labels) != num_classes:
+        raise ModelError(f"The labels file has {len(labels)} names but the model has {num_classes} classes.")
+    if num_classes is not None:
+        with torch.device("meta"):
+            meta = _build(arch, weights=None, num_classes=num_classes)
+    problem = first_mismatch(meta.state_dict(), sd)  # a missing head is named here
     if problem:
         raise ModelError(f"{filename} does not fit {arch}: {problem}.")
-    net.load_state_dict(sd)
-    if labels is not None and len(labels) != num_classes:
-        raise ModelError(f"The labels file has {len(labels)} names but the model has {num_classes} classes.")
+    bad = next((k for k, t in sd.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:
+        raise ModelError(f"{filename} cannot be used: the key {_name(bad)} holds NaN or infinite values, which no "
+                         "trained network has. Save the weights from an epoch before training diverged.")
+    net = _build(arch, weights=None, num_classes=num_classes)  # full size only now: every check passed
+    try:
+        net.load_state_dict(sd)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ModelError(f"{filename} does not fit {arch}: {str(e).strip().splitlines()[0][:300]}.") from None
     categories = labels or (list(weights.meta["categories"]) if num_classes == 1000
                             else [f"class {i}" for i in range(num_classes)])
     digest = hashlib.sha256(data).hexdigest()[:12]
@@ -265,27 +289,73 @@ def load_checkpoint(arch: str, data: bytes, filename: str, labels: list[str] | N
     ))
 
 
-def read_labels(data: bytes) -> list[str]:
+def _class_count(sd: dict, head: str, ref: torch.Tensor, arch: str, filename: str) -> int | None:
+    """The classes the file's head has, checked against the architecture's head `ref`
+    (a meta tensor [classes, in_features, ...]) and the bounds; None if the file has no head."""
+    t = sd.get(head)
+    if t is None:
+        return None
+    shape = list(t.shape)
+    if t.ndim != ref.ndim:
+        takes = "[classes, " + ", ".join(str(s) for s in ref.shape[1:]) + "]"
+        raise ModelError(f"{filename} does not fit {arch}: its classifier weight {head!r} has shape {shape}, "
+                         f"but the classifier of {_pretty(arch)} takes {takes}.")
+    n = int(t.shape[0])
+    if n > bounds.MAX_CLASSES:
+        raise ModelError(f"{filename} has a classifier of {n:,} classes ({head!r} has shape {shape}); the limit is "
+                         f"{bounds.MAX_CLASSES:,} classes. Check that this is the state dict you meant.")
+    if n < bounds.MIN_CLASSES:
+        raise ModelError(f"{filename} has a classifier of {n} {'class' if n == 1 else 'classes'} ({head!r} has shape "
+                         f"{shape}); a classifier needs at least {bounds.MIN_CLASSES} classes to decide between.")
+    if tuple(t.shape[1:]) != tuple(ref.shape[1:]):
+        raise ModelError(f"{filename} does not fit {arch}: the key {head!r} has shape {shape} in the file "
+                         f"but {[n, *ref.shape[1:]]} in the model.")
+    return n
+
+
+def read_labels(data: bytes, name: str = "The labels file") -> list[str]:
+    """Class names, one per line (blank lines skipped), within `bounds.LABELS_BYTES`,
+    `bounds.MAX_CLASSES` lines and `bounds.LABEL_CHARS` a line, checked before splitting."""
+    files.check_size(len(data), bounds.LABELS_BYTES, name, "labels", ModelError,
+                     "Give one class name per line.")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise ModelError("The labels file is not UTF-8 text; give one class name per line.") from None
-    labels = [line.strip() for line in text.splitlines() if line.strip()]
+        raise ModelError(f"{name} is not UTF-8 text; give one class name per line.") from None
+    breaks = text.count("\n") + text.count("\r") - text.count("\r\n")
+    if breaks > bounds.MAX_CLASSES:
+        raise ModelError(f"{name} has {breaks + 1:,} lines; the limit is {bounds.MAX_CLASSES:,} classes, one per line.")
+    lines = text.splitlines()
+    long = next((i for i, line in enumerate(lines) if len(line) > bounds.LABEL_CHARS), None)
+    if long is not None:
+        of = "the" + name[3:] if name.startswith("The ") else name
+        raise ModelError(f"Line {long + 1} of {of} "
+                         f"has {len(lines[long]):,} characters; a class name may have at most {bounds.LABEL_CHARS}. "
+                         "Give one class name per line.")
+    labels = [line.strip() for line in lines if line.strip()]
     if not labels:
-        raise ModelError("The labels file is empty; give one class name per line.")
+        raise ModelError(f"{name} is empty; give one class name per line.")
+    if len(labels) > bounds.MAX_CLASSES:
+        raise ModelError(f"{name} has {len(labels):,} names; the limit is {bounds.MAX_CLASSES:,} classes.")
     return labels
 
 
 def _read_state_dict(data: bytes, filename: str) -> dict[str, torch.Tensor]:
     if not data:
         raise ModelError(f"{filename} is empty.")
+    files.check_size(len(data), bounds.WEIGHTS_BYTES, filename, "weights", ModelError, _WEIGHTS_HINT)
+    safetensors = filename.lower().endswith(".safetensors")
+    if not safetensors:
+        _check_container(data, filename)
     try:
-        if filename.lower().endswith(".safetensors"):
+        if safetensors:
             from safetensors.torch import load as load_safetensors
 
             obj = load_safetensors(data)
         else:
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except ModelError:
+        raise
     except Exception as e:
         hint = ("it holds Python objects besides tensors (a whole pickled model?); "
                 "save `model.state_dict()` instead") if "weights_only" in str(e) or "global" in str(e).lower() \
@@ -296,11 +366,85 @@ def _read_state_dict(data: bytes, filename: str) -> dict[str, torch.Tensor]:
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not obj:
         raise ModelError(f"Cannot read {filename}: expected a state dict (names to tensors).")
+    odd = next((k for k in obj if not isinstance(k, str)), None)
+    if odd is not None:
+        raise ModelError(f"Cannot read {filename}: expected a state dict (names to tensors), but the key "
+                         f"{_name(odd)} is of type {type(odd).__name__}, not a parameter name.")
+    bad = next((k for k, v in obj.items() if not _plain_tensor(v)), None)
+    if bad is not None:
+        v = obj[bad]
+        what = (f"a {str(v.dtype).removeprefix('torch.')} tensor ({v.layout}, on {v.device.type})"
+                if isinstance(v, torch.Tensor) else f"a {type(v).__name__}")
+        raise ModelError(f"Cannot read {filename}: expected a state dict (names to tensors), but the key "
+                         f"{_name(bad)} holds {what}; only dense real-valued tensors are weights.")
     if all(k.startswith("module.") for k in obj):  # saved from DataParallel
         obj = {k.removeprefix("module."): v for k, v in obj.items()}
     return obj
+
+
+def _plain_tensor(v) -> bool:
+    """A dense, real-valued CPU tensor: what a state dict holds."""
+    return (isinstance(v, torch.Tensor) and v.layout == torch.strided and v.device.type == "cpu"
+            and not v.is_quantized and not v.is_nested and not v.is_complex())
+
+
+def _check_container(data: bytes, filename: str) -> None:
+    """Bound what torch.load would build from `data`, from its headers alone: a zip (what
+    torch.save writes) by its record count, its unpacked size and its index pickle's size;
+    the legacy format by the size of its pickles. Each limit is far above any real state dict."""
+    import pickletools
+    import zipfile
+
+    too_big = ModelError(f"Cannot read {filename}: its structure is far larger than any state dict's "
+                         "(millions of tensors, or more unpacked data than the file size limit). "
+                         "Save `model.state_dict()` with torch.save.")
+    if data[:4] == b"PK\x03\x04":
+        entries = _zip_entries(data)
+        if entries is None:
+            return  # not a readable zip: torch.load says so
+        if entries > _ZIP_ENTRIES:
+            raise too_big
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                infos = z.infolist()
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+            return
+        unpacked = sum(i.file_size for i in infos)
+        index = sum(i.file_size for i in infos if i.filename.endswith(".pkl"))
+        if unpacked > bounds.WEIGHTS_BYTES or index > _PICKLE_BYTES:
+            raise too_big
+        return
+    if data[:1] == b"\x80":  # a pickle: the legacy format's four, then raw storages
+        f = io.BytesIO(data)
+        try:
+            for _ in range(4):
+                start = f.tell()
+                for _op, _arg, pos in pickletools.genops(f):
+                    if pos - start > _PICKLE_BYTES:
+                        raise too_big
+        except ModelError:
+            raise
+        except Exception:
+            return  # not what torch.load reads either: it says so
+
+
+def _zip_entries(data: bytes) -> int | None:
+    """The record count a zip's end-of-central-directory states (zip64 too), unparsed."""
+    at = data.rfind(b"PK\x05\x06", max(0, len(data) - 22 - 65535))
+    if at < 0 or len(data) < at + 22:
+        return None
+    entries = struct.unpack("<H", data[at + 10: at + 12])[0]  # records in the whole archive
+    if entries == 0xFFFF:  # zip64: the locator just before points at the real record
+        loc = at - 20
+        if loc < 0 or data[loc: loc + 4] != b"PK\x06\x07":
+            return None
+        rec = struct.unpack("<Q", data[loc + 8: loc + 16])[0]
+        if data[rec: rec + 4] != b"PK\x06\x06" or len(data) < rec + 40:
+            return None
+        entries = struct.unpack("<Q", data[rec + 32: rec + 40])[0]
+    return entries
 
 
 def _head_key(net: nn.Module) -> str:
@@ -311,13 +455,22 @@ def _head_key(net: nn.Module) -> str:
     return f"{last}.weight"
 
 
+def _name(key) -> str:
+    """A key for a message: quoted, cut short (a hostile file's names can be any length)."""
+    text = repr(key)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def first_mismatch(expected: dict, got: dict) -> str | None:
-    """The first key, in model order, that is missing or shaped differently; else extras."""
+    """The first key, in model order, that is missing, shaped differently or of another
+    kind (floating point or not); else extras."""
     for k, v in expected.items():
         if k not in got:
             return f"the key {k!r} is missing"
         if tuple(got[k].shape) != tuple(v.shape):
             return f"the key {k!r} has shape {list(got[k].shape)} in the file but {list(v.shape)} in the model"
+        if got[k].is_floating_point() != v.is_floating_point():
+            return (f"the key {k!r} holds {str(got[k].dtype).removeprefix('torch.')} values in the file "
+                    f"but {str(v.dtype).removeprefix('torch.')} in the model")
     extra = [k for k in got if k not in expected]
-    return f"the key {extra[0]!r} is not part of the model" if extra else None
-
+    return f"the key {_name(extra[0])} is not part of the model" if extra else None

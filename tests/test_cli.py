@@ -105,3 +105,94 @@ def test_real_process_exit_codes_and_no_traceback(samples, tmp_path):
     assert err.returncode == 2 and err.stdout == ""
     assert "Traceback" not in err.stderr and len(err.stderr.strip().splitlines()) == 1
     assert "truncated or corrupt" in err.stderr
+
+
+# ---------------------------------------------------------------- bad paths and own weights (issue #14)
+
+def cli(*argv):
+    """The twin as users run it: a fresh process."""
+    return subprocess.run([sys.executable, "-m", "cnnviz", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def files_for_cli(tmp_path_factory):
+    """A small fine-tuned-like checkpoint (resnet18, 3 classes), labels, and hostile files."""
+    import torch
+    import torchvision
+
+    from .hostile import huge_head, stream_png
+
+    d = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None, num_classes=3).eval()
+    torch.save(net.state_dict(), d / "ft.pth")
+    (d / "labels.txt").write_text("apple\nbanana\ncherry\n")
+    (d / "two.txt").write_text("apple\nbanana\n")
+    (d / "huge.pth").write_bytes(huge_head())
+    with open(d / "big.txt", "wb") as f:  # 600 MB on paper, nothing on disk
+        f.truncate(600 * 2 ** 20)
+    (d / "tall.png").write_bytes(stream_png(40, 1_000_000, color_type=2))
+    (d / "folder").mkdir()
+    return d
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["predict", "{d}/folder"], "folder is a folder, not a file; give an image file"),
+    (["predict", "/dev/zero"], "/dev/zero is larger than 50 MB; the limit is 50 MB for images"),
+    (["predict", "{d}/missing.png"], "Cannot read {d}/missing.png: No such file or directory"),
+    (["rf", "--layer", "_conv_stem", "--image", "{d}/folder"], "is a folder, not a file"),
+    (["activations", "{cat}", "--layer", "_conv_stem", "--npy", "{d}/no/such/acts.npy"],
+     "cannot write --npy {d}/no/such/acts.npy: the folder {d}/no/such does not exist"),
+    (["saliency", "{cat}", "--method", "gradcam", "--out", "{d}/folder"], "--out {d}/folder is a folder; give a file name"),
+    (["saliency", "{cat}", "--method", "gradcam", "--out", "/proc/cam.png"], "cannot write --out /proc/cam.png"),
+    (["filters", "--layer", "_conv_stem", "--out", "{cat}/tiles.png"], "is not a folder"),
+    (["predict", "{cat}", "--model", "torchvision:resnet18@random", "--weights", "{d}/ft.pth", "--arch", "resnet18"],
+     "give either --model ID or --weights PATH"),
+    (["predict", "{cat}", "--weights", "{d}/ft.pth"], "--weights needs --arch NAME"),
+    (["predict", "{cat}", "--labels", "{d}/labels.txt"], "--labels goes with --weights PATH"),
+    (["predict", "{cat}", "--weights", "{d}/ft.pth", "--arch", "nosuchnet"], "Unknown torchvision model 'nosuchnet'"),
+    (["predict", "{cat}", "--weights", "{d}/folder", "--arch", "resnet18"], "is a folder, not a file; give a state dict"),
+    (["predict", "{cat}", "--weights", "{d}/huge.pth", "--arch", "resnet18"], "a classifier of 8,000,000 classes"),
+    (["predict", "{cat}", "--weights", "{d}/ft.pth", "--arch", "resnet18", "--labels", "{d}/big.txt"],
+     "big.txt is 600 MB; the limit is 1 MB for labels files"),
+    (["layers", "--weights", "{d}/ft.pth", "--arch", "resnet18", "--labels", "{d}/two.txt"],
+     "The labels file has 2 names but the model has 3 classes"),
+])
+def test_bad_input_in_a_real_process_exits_2_with_one_line(files_for_cli, samples, argv, words):
+    d, cat = str(files_for_cli), str(samples["cat"])
+    r = cli(*(a.replace("{d}", d).replace("{cat}", cat) for a in argv))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stdout == "" and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cnnviz: error: "), r.stderr
+    assert words.replace("{d}", d) in lines[0], lines[0]
+
+
+def test_intake_note_on_stderr(files_for_cli):
+    r = cli("predict", str(files_for_cli / "tall.png"), "--json", "--topk", "1")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.strip().splitlines()) == 1 and json.loads(r.stdout)["top"]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cnnviz: note: ")
+    assert "tall.png was 40x1000000 pixels; cropped to its centre, 40x320" in lines[0]
+
+
+def test_own_weights_through_several_subcommands(capsys, files_for_cli, samples):
+    from cnnviz import models
+
+    d, cat = files_for_cli, str(samples["cat"])
+    own = ["--arch", "resnet18", "--weights", str(d / "ft.pth"), "--labels", str(d / "labels.txt")]
+    out = run_json(capsys, "predict", cat, "--topk", "3", *own)
+    assert out["model"].startswith("checkpoint:resnet18:")
+    assert {t["label"] for t in out["top"]} == {"apple", "banana", "cherry"}
+    ref = models.load_checkpoint("resnet18", (d / "ft.pth").read_bytes(), "ft.pth", ["apple", "banana", "cherry"])
+    expected = predict(ref, load_image(samples["cat"]), 3)
+    assert [t["index"] for t in out["top"]] == [t.index for t in expected]
+    assert out["top"][0]["prob"] == pytest.approx(expected[0].prob, abs=1e-6)
+    layers = {l["name"]: l for l in run_json(capsys, "layers", *own)["layers"]}
+    assert layers["fc"]["shape"] == [3]
+    sal = run_json(capsys, "saliency", cat, "--method", "gradcam", "--target", "banana", *own)
+    assert sal["target"]["label"] == "banana" and sal["target"]["index"] == 1
+    no_labels = run_json(capsys, "predict", cat, "--arch", "resnet18", "--weights", str(d / "ft.pth"))
+    assert {t["label"] for t in no_labels["top"]} == {"class 0", "class 1", "class 2"}

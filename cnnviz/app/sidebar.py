@@ -5,15 +5,20 @@ Choices live in `st.session_state` (they survive page switches) and are mirrored
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import streamlit as st
 from PIL import Image
+from streamlit.runtime.scriptrunner import get_script_run_ctx
+from streamlit.runtime.uploaded_file_manager import UploadedFile
 
-from cnnviz import models
+from cnnviz import bounds, files, images, models
 from cnnviz.app import cache
+from cnnviz.contract import CnnvizError
 from cnnviz.images import ImageError
+from cnnviz.pixels import png_bytes
 from cnnviz.predict import PredictSpec, Top, top_k
 from cnnviz.samples import sample_paths
 
@@ -76,14 +81,21 @@ def use_sample(name: str) -> None:
 
 def use_upload(name: str, data: bytes) -> bool:
     """Make an uploaded file the current image; on bad input keep the old one and
-    remember the message. Returns whether it was accepted."""
-    sha = cache.sha(data)
+    remember the message. Returns whether it was accepted. The session keeps what
+    rebuilds the image: the upload, or, when intake cropped or scaled it (`note`), the
+    smaller of the upload and a lossless copy of what it became."""
     try:
-        cache.image(sha, data, name)
+        images.check_size(len(data), name)  # before the bytes are even hashed
+        sha = cache.sha(data)
+        image = cache.image(sha, data, name)
     except ImageError as e:
         st.session_state["image_error"] = str(e)
         return False
-    st.session_state["image"] = {"name": name, "data": data, "sha": sha, "sample": None}
+    note = images.note(image)
+    if note:
+        small = png_bytes(image, fast=True)
+        data = small if len(small) < len(data) else data
+    st.session_state["image"] = {"name": name, "data": data, "sha": sha, "sample": None, "note": note}
     st.session_state.pop("image_error", None)
     return True
 
@@ -141,34 +153,76 @@ def _model_picker() -> models.Model:
 
 def _own_model_form() -> None:
     ss = st.session_state
+    weights_key, labels_key = _own_upload_keys()
     with st.expander("Use your own weights"):
         st.caption(
             "A state dict (`torch.save(model.state_dict(), ...)` or safetensors) of a "
-            "torchvision architecture, e.g. fine-tuned on your classes. Only tensors are read."
+            "torchvision architecture, e.g. fine-tuned on your classes. Only tensors are read. "
+            f"Up to {files.size_text(bounds.WEIGHTS_BYTES)} of weights, {bounds.MAX_CLASSES:,} classes."
         )
         st.selectbox("Architecture", models.ZOO, index=models.ZOO.index("resnet18"), key="own_arch")
-        st.file_uploader("Weights (.pt, .pth, .safetensors)", type=["pt", "pth", "bin", "safetensors"], key="own_weights")
-        st.file_uploader("Class names (optional, one per line)", type=["txt"], key="own_labels")
-        st.button("Load weights", on_click=_load_own_model, disabled=ss.get("own_weights") is None)
+        st.file_uploader("Weights (.pt, .pth, .safetensors)", type=["pt", "pth", "bin", "safetensors"],
+                         key=weights_key, max_upload_size=bounds.WEIGHTS_BYTES // bounds.MiB)
+        st.file_uploader("Class names (optional, one per line)", type=["txt"], key=labels_key,
+                         max_upload_size=max(1, bounds.LABELS_BYTES // bounds.MiB))
+        st.button("Load weights", on_click=_load_own_model, disabled=_file(weights_key) is None)
         if ss.get("own_error"):
             st.error(ss["own_error"])
+            st.caption("Uploads are not kept once read: upload the file again to retry.")
 
 
 def _load_own_model() -> None:
-    """Button callback (runs before the script, so it may set the picker's value)."""
+    """Button callback (runs before the script, so it may set the picker's value). The
+    uploads are read once and released, loaded or refused: the session keeps the model,
+    not the bytes (Streamlit would hold each upload for the session's life), and the
+    uploaders come back empty. No exception leaves a callback: app.py's guard is not
+    around it."""
     ss = st.session_state
-    f = ss.get("own_weights")
+    weights_key, labels_key = _own_upload_keys()
+    f, lf = _file(weights_key), _file(labels_key)
     if f is None:
         return
     try:
-        labels = models.read_labels(ss["own_labels"].getvalue()) if ss.get("own_labels") else None
+        labels = models.read_labels(lf.getvalue(), lf.name) if lf is not None else None
         model = models.load_checkpoint(ss["own_arch"], f.getvalue(), f.name, labels)
-    except models.ModelError as e:
+    except CnnvizError as e:
         ss["own_error"] = str(e)
         return
+    except Exception as e:  # a bug, not the file's fault: the message, and the details in the log
+        logging.getLogger("cnnviz").exception("loading %s failed", f.name)
+        ss["own_error"] = (f"{f.name} could not be loaded ({type(e).__name__}); the details are in the "
+                           "server log. The bundled model and the zoo still work.")
+        return
+    finally:
+        _release(f, lf)
+        for key in (weights_key, labels_key):  # the widgets' values hold the bytes too
+            ss.pop(key, None)
+        ss["own_uploads"] = ss.get("own_uploads", 0) + 1
     ss["own_model"] = model
     ss["model_id"] = model.id
     ss.pop("own_error", None)
+
+
+def _own_upload_keys() -> tuple[str, str]:
+    """The weights and labels uploaders' keys: new ones after each load, so they show empty."""
+    n = st.session_state.get("own_uploads", 0)
+    return ("own_weights", "own_labels") if n == 0 else (f"own_weights_{n}", f"own_labels_{n}")
+
+
+def _file(key: str) -> UploadedFile | None:
+    """An uploader's file; None when there is none or it was released (a `DeletedFile`)."""
+    f = st.session_state.get(key)
+    return f if isinstance(f, UploadedFile) else None
+
+
+def _release(*uploads: UploadedFile | None) -> None:
+    """Drop read uploads from Streamlit's store, which otherwise keeps each one in memory
+    for the session's life; the widget then reads back empty."""
+    ctx = get_script_run_ctx()
+    store = getattr(ctx, "uploaded_file_mgr", None)
+    for f in uploads:
+        if f is not None and hasattr(store, "remove_file"):  # the in-memory store (the default)
+            store.remove_file(session_id=ctx.session_id, file_id=f.file_id)
 
 
 # ---------------------------------------------------------------- image
@@ -184,10 +238,16 @@ def _image_picker() -> None:
                 name, key=f"sample_{name}", on_click=use_sample, args=(name,),
                 type="primary" if name == current else "tertiary", width="stretch",
             )
-    upload = st.file_uploader("Or upload an image", type=IMAGE_TYPES, key="upload", max_upload_size=50)
+    upload = st.file_uploader("Or upload an image", type=IMAGE_TYPES, key="upload",
+                              max_upload_size=bounds.IMAGE_BYTES // bounds.MiB)
     if upload is not None and upload.file_id != ss.get("upload_seen"):
         ss["upload_seen"] = upload.file_id
-        use_upload(upload.name, upload.getvalue())
+        try:
+            use_upload(upload.name, upload.getvalue())
+        finally:
+            _release(upload)  # the session keeps what use_upload kept, not Streamlit's copy
     if ss.get("image_error"):
         st.error(ss["image_error"])
+    if ss["image"].get("note"):
+        st.info(ss["image"]["note"])
     st.caption(f"Current image: **{ss['image']['name']}**")
