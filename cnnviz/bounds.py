@@ -13,6 +13,12 @@ IMAGE_BYTES = 50 * MiB
 WEIGHTS_BYTES = 600 * MiB  # VGG-16's state dict is 528 MB
 LABELS_BYTES = 1 * MiB
 MAX_CLASSES = 100_000  # a head wider than this is refused before it is built
+# A state dict's index (the pickle naming its tensors) takes ~150 bytes a tensor: a few hundred
+# KB for the largest torchvision model. One far larger makes millions of tensor objects from a
+# small file (views of one shared storage), so it is refused before torch.load reads it.
+CHECKPOINT_INDEX_BYTES = 4 * MiB
+# Zip records in a torch.save file: one per tensor storage (~1,000 for DenseNet-121).
+CHECKPOINT_RECORDS = 65_536
 # A classifier needs two classes to have a decision: with one, every softmax is 1.0 and
 # top-k, attacks ("away from the top-1") and flips have nothing to compare.
 MIN_CLASSES = 2

@@ -238,12 +238,6 @@ def _pretty(name: str) -> str:
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 _WEIGHTS_HINT = "Save only `model.state_dict()` (no optimizer state), or fine-tune a smaller architecture."
-# A state dict's index (the pickle that names its tensors) takes ~150 bytes a tensor: a few
-# hundred KB for the largest torchvision model. One far larger makes millions of tensor
-# objects from a small file (each a view of one shared storage), so it is refused unread.
-_PICKLE_BYTES = 4 * 2 ** 20
-# One record per tensor storage: ~1,000 for DenseNet-121, the most in the zoo.
-_ZIP_ENTRIES = 65_536
 
 
 def load_checkpoint(arch: str, data: bytes, filename: str, labels: list[str] | None = None) -> Model:
@@ -404,7 +398,7 @@ def _check_container(data: bytes, filename: str) -> None:
         entries = _zip_entries(data)
         if entries is None:
             return  # not a readable zip: torch.load says so
-        if entries > _ZIP_ENTRIES:
+        if entries > bounds.CHECKPOINT_RECORDS:
             raise too_big
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as z:
@@ -413,7 +407,7 @@ def _check_container(data: bytes, filename: str) -> None:
             return
         unpacked = sum(i.file_size for i in infos)
         index = sum(i.file_size for i in infos if i.filename.endswith(".pkl"))
-        if unpacked > bounds.WEIGHTS_BYTES or index > _PICKLE_BYTES:
+        if unpacked > bounds.WEIGHTS_BYTES or index > bounds.CHECKPOINT_INDEX_BYTES:
             raise too_big
         return
     if data[:1] == b"\x80":  # a pickle: the legacy format's four, then raw storages
@@ -422,7 +416,7 @@ def _check_container(data: bytes, filename: str) -> None:
             for _ in range(4):
                 start = f.tell()
                 for _op, _arg, pos in pickletools.genops(f):
-                    if pos - start > _PICKLE_BYTES:
+                    if pos - start > bounds.CHECKPOINT_INDEX_BYTES:
                         raise too_big
         except ModelError:
             raise

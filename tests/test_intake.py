@@ -251,11 +251,11 @@ def test_container_bounds_from_headers(monkeypatch):
     monkeypatch.setattr(bounds, "WEIGHTS_BYTES", 600 * 2 ** 20)
     one = torch.zeros(1)
     many = {f"t{i}": one.expand(4) for i in range(2000)}  # 2,000 views of one storage
-    monkeypatch.setattr(models, "_PICKLE_BYTES", 20_000)
+    monkeypatch.setattr(bounds, "CHECKPOINT_INDEX_BYTES", 20_000)
     for data in (saved(many), saved(many, _use_new_zipfile_serialization=False)):
         with pytest.raises(ModelError, match="far larger than any state dict"):
             models.load_checkpoint("resnet18", data, "many.pth")
-    monkeypatch.setattr(models, "_PICKLE_BYTES", 4 * 2 ** 20)
+    monkeypatch.undo()
     legacy = saved(finetuned(3), _use_new_zipfile_serialization=False)
     assert models.load_checkpoint("resnet18", legacy, "old.pth").categories == ["class 0", "class 1", "class 2"]
 
