@@ -12,7 +12,7 @@ from cnnviz.app.sidebar import sidebar  # noqa: E402
 
 page = st.navigation(PAGES)
 try:
-    st.session_state["selection"] = sidebar()
+    sidebar()  # the run's Selection, read by the page through router.selection()
     page.run()
 except Exception as e:  # a bug must not show a traceback to a lecture hall
     logging.getLogger("cnnviz").exception("page failed")

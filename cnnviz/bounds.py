@@ -47,3 +47,23 @@ ICO_SIDE = 1024
 # ---------------------------------------------------------------- jobs
 # Images through the network (forward, or forward+backward) in one job, whatever its knobs.
 MAX_PASSES = 20_000
+
+# ---------------------------------------------------------------- memory (per process, every session together)
+# The caches are bounded in bytes (cnnviz.lru.nbytes), not only in entries: one entry can be a
+# 120 MB decoded image or a recording of every layer (~75 MB for the bundled model). The sums
+# below keep a server with a few models loaded under ~3 GB whatever the sessions ask for.
+RESULT_BYTES = 512 * MiB  # analysis results (pickled, copied per read): hundreds of maps and curves
+SHARED_RESULT_BYTES = 512 * MiB  # large read-only results (layer recordings): about 6 of ~75 MB
+IMAGE_CACHE_BYTES = 256 * MiB  # decoded images: two at the 40-megapixel limit (120 MB each), or many photos
+THUMBNAIL_BYTES = 16 * MiB  # the sample picker's JPEG thumbnails (~5 KB each)
+MODELS = 3  # zoo and bundled models kept loaded: three of the largest (VGG-16, 528 MB) are 1.6 GB
+MODEL_BYTES = 2 * 2 ** 30  # ... and never more than this in all (a model above it is used, not kept)
+OWN_MODELS = 4  # uploaded checkpoints kept for their sessions (one copy per file, whoever loaded it)
+OWN_MODEL_BYTES = 1280 * MiB  # more than two of the largest upload (WEIGHTS_BYTES), so each one fits
+FEATUREVIS_MEMORY_BYTES = 64 * MiB  # finished synthetic images: ~1300 at 128 px, 80 at 512 px
+FEATUREVIS_NATURAL_BYTES = 256 * MiB  # the sample photos' recordings of a layer (~4-15 MB; early VGG layers ~130 MB)
+
+# ---------------------------------------------------------------- disk
+# Feature visualizations kept between runs ($CNNVIZ_CACHE/featurevis), least recently used out
+# first: a 128 px render is ~50 KB, so this keeps about 5000 of them.
+FEATUREVIS_DISK_BYTES = 256 * MiB

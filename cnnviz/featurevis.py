@@ -27,23 +27,24 @@ directly on a model that nobody else uses meanwhile (a test's), it is as safe, a
 leaves the model as it found it, also on error or when stopped.
 
 Same seed, same settings: the same image, bit for bit, on CPU (all randomness comes
-from one seeded `torch.Generator`). Finished results are kept in memory (bounded) and on
+from one seeded `torch.Generator`). Finished results are kept in memory (bounded in bytes) and on
 disk under the user's cache directory (`$CNNVIZ_CACHE`, else `$XDG_CACHE_HOME/cnnviz`,
 else `~/.cache/cnnviz`), keyed by model, objective, layer, channel and settings; a run
-that was stopped is never kept.
+that was stopped is never kept. The disk keeps at most `bounds.FEATUREVIS_DISK_BYTES`, least
+recently used out first; renders of random-init models and of a user's own checkpoint stay in
+memory only.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
 import tempfile
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -53,10 +54,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from . import contract, pixels
+from . import bounds, contract, pixels
 from .activations import check_layer
 from .contract import CnnvizError, Progress
 from .hooks import Recorder, record
+from .lru import LRU
 from .model import Model
 
 OBJECTIVES = ("channel", "neuron", "class")
@@ -541,34 +543,11 @@ def optimize(model: Model, spec: FeatureVisSpec, progress: Progress | None = Non
 
 # ---------------------------------------------------------------- caches
 
-class _Memo:
-    """A bounded, thread-safe LRU of finished results (arrays made read-only)."""
-
-    def __init__(self, size: int = 64):
-        self.size, self._d, self._lock = size, OrderedDict(), threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            if key in self._d:
-                self._d.move_to_end(key)
-                return self._d[key]
-        return None
-
-    def put(self, key, value) -> None:
-        with self._lock:
-            self._d[key] = value
-            self._d.move_to_end(key)
-            while len(self._d) > self.size:
-                self._d.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._d.clear()
-
-
-MEMORY = _Memo()  # finished synthetic images
-NATURAL = _Memo(8)  # the sample photos' recordings, one per layer (and upload): ~4-15 MB each
-_FIELDS = _Memo(8)  # receptive fields per network and input size
+# Byte-bounded LRUs (cnnviz.lru; the budgets are in cnnviz.bounds), arrays made read-only.
+MEMORY = LRU(bounds.FEATUREVIS_MEMORY_BYTES, 1024, name="feature visualizations")  # finished synthetic images
+NATURAL = LRU(bounds.FEATUREVIS_NATURAL_BYTES, 8, name="natural recordings")  # the sample photos' recordings, per layer (and upload)
+_FIELDS = LRU(bounds.FEATUREVIS_NATURAL_BYTES, 8, name="receptive fields")  # receptive fields per network and input size
+_TOKENS = itertools.count(1)
 
 
 def cache_dir() -> Path:
@@ -581,14 +560,19 @@ def cache_dir() -> Path:
 
 
 def _disk_ok(model: Model) -> bool:
-    # A random-init model gets new weights on every load: its id does not name them.
-    return not model.id.endswith("@random")
+    # A random-init model's id does not name its weights (a test may change them); a user's
+    # own checkpoint is private to the server's memory: neither is ever written to disk.
+    return not model.id.endswith("@random") and model.source != "checkpoint"
 
 
 def _memo_key(model: Model, spec: FeatureVisSpec):
-    # A random-init model's results are kept for that loaded model only; `shared` is the
-    # one object a model and its private copies (the runner's) have in common.
-    return (spec.digest(model.id), id(model.shared) if not _disk_ok(model) else None)
+    if _disk_ok(model):
+        return (spec.digest(model.id), None)
+    if model.source == "checkpoint":  # named by its weights: every session loading the file shares it
+        return (spec.digest(model.id), model.fingerprint)
+    # A random-init model's results are kept for that loaded model only (and its private
+    # copies: `shared` is what they have in common); a token, never reused, names it.
+    return (spec.digest(model.id), model._shared("memo_token", lambda: next(_TOKENS)))
 
 
 def _read_disk(model: Model, spec: FeatureVisSpec) -> FeatureVis | None:
@@ -600,6 +584,8 @@ def _read_disk(model: Model, spec: FeatureVisSpec) -> FeatureVis | None:
         return None
     if image.shape != (spec.size, spec.size, 3) or image.dtype != np.uint8 or len(curve) != spec.steps:
         return None
+    with contextlib.suppress(OSError):  # its modification time is its last use (eviction order)
+        os.utime(path)
     return FeatureVis(spec, image, curve, float(nums[0]), float(nums[1]), model=model.id, seconds=float(nums[2]))
 
 
@@ -607,7 +593,7 @@ def _write_disk(result: FeatureVis) -> None:
     d = cache_dir()
     try:
         d.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, suffix=".partial")
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".partial")  # written whole, then renamed: atomic
         with os.fdopen(fd, "wb") as f:
             np.savez(f, image=result.image, curve=result.curve,
                      nums=np.array([result.activation_start, result.activation_end, result.seconds]))
@@ -615,6 +601,41 @@ def _write_disk(result: FeatureVis) -> None:
     except OSError:  # a read-only or full disk only costs the cache
         with contextlib.suppress(OSError, UnboundLocalError):
             os.remove(tmp)
+        return
+    trim_disk(d)
+
+
+def trim_disk(d: Path | None = None, limit: int | None = None) -> int:
+    """Delete the least recently used renders (oldest modification time: a read touches
+    it) until the folder holds at most `limit` bytes (default `bounds.FEATUREVIS_DISK_BYTES`),
+    and a crashed writer's partial files older than an hour. Safe while other processes use
+    the folder: a file gone meanwhile is skipped, a reader of a deleted file recomputes.
+    Returns the bytes left."""
+    d = cache_dir() if d is None else d
+    limit = bounds.FEATUREVIS_DISK_BYTES if limit is None else limit
+    found, total, now = [], 0, time.time()
+    try:
+        with os.scandir(d) as it:
+            for e in it:
+                try:
+                    info = e.stat()
+                except OSError:
+                    continue
+                if e.name.endswith(".npz"):
+                    found.append((info.st_mtime, e.name, info.st_size))
+                    total += info.st_size
+                elif e.name.endswith(".partial") and info.st_mtime < now - 3600:
+                    with contextlib.suppress(OSError):
+                        os.remove(e.path)
+    except OSError:
+        return 0
+    for _, name, size in sorted(found):
+        if total <= limit:
+            break
+        with contextlib.suppress(OSError):
+            os.remove(d / name)
+        total -= size
+    return total
 
 
 def cached(model: Model, spec: FeatureVisSpec) -> FeatureVis | None:

@@ -13,9 +13,6 @@ import hashlib
 import io
 import os
 import struct
-import tempfile
-import urllib.error
-import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +21,7 @@ import torch
 import torchvision
 from torch import nn
 
-from . import bounds, files
+from . import bounds, downloads, files
 from .contract import CnnvizError, Progress
 from .model import LayerInfo, Model, finish  # noqa: F401  (LayerInfo: re-exported for callers)
 
@@ -183,45 +180,51 @@ def weights_file(weights) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
+def downloading(model_id: str) -> downloads.Download | None:
+    """The download of `model_id`'s weights running in this process now, if any."""
+    if not model_id.startswith("torchvision:") or "@" in model_id:
+        return None
+    try:
+        return downloads.MANAGER.get(weights_file(_weights(model_id.removeprefix("torchvision:"))))
+    except ModelError:
+        return None
+
+
 def download_weights(weights, progress: Progress | None = None, timeout: float = 30) -> Path:
-    """Fetch `weights` into torch's hub cache unless there; verify the hash in its name."""
+    """Fetch `weights` into torch's hub cache unless there; verify the hash in its name.
+
+    The transfer runs in the process's download thread for that file (`cnnviz.downloads`):
+    this waits for it, reporting to `progress`; an exception from `progress` (a stop, a
+    Streamlit rerun) ends the wait, not the download, and the next call joins it. A broken
+    transfer is resumed where it stopped; only a whole, verified file is ever at the path."""
     dst = weights_file(weights)
     if dst.exists():
         return dst
     name = dst.name
+    prefix = torch.hub.HASH_REGEX.search(name)  # what torch.hub's check_hash compares
+    job = downloads.fetch(weights.url, dst, sha256=prefix.group(1) if prefix else None, timeout=timeout)
     try:
-        resp = urllib.request.urlopen(weights.url, timeout=timeout)
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
+        return job.wait(progress)
+    except downloads.Unreachable as e:
+        kept = _kept(job)
         raise ModelUnavailable(
             f"The weights {name} are not in the local cache ({dst.parent}) and could not be "
-            f"downloaded ({reason}). Connect to the internet once and pick the model again "
+            f"downloaded ({e}).{kept} Connect to the internet once and pick the model again "
             f"(or run `python -m cnnviz download <model>`), or copy {name} into {dst.parent}. "
             f"The bundled model {BUNDLED_ID} works offline."
         ) from None
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    total = int(resp.headers.get("Content-Length") or 0)
-    sha, done = hashlib.sha256(), 0
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, suffix=".partial")
+    except downloads.Corrupt:
+        raise ModelError(f"The download of {name} is corrupt (hash mismatch); nothing was kept: try again.") from None
+    except downloads.DownloadError as e:
+        raise ModelUnavailable(f"The download of {name} broke off ({e}).{_kept(job)} Try again.") from None
+
+
+def _kept(job: downloads.Download) -> str:
     try:
-        with resp, os.fdopen(fd, "wb") as out:
-            while chunk := resp.read(1 << 20):
-                out.write(chunk)
-                sha.update(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done / total if total else 0.0,
-                             f"{done / 2**20:.0f} of {total / 2**20:.0f} MB" if total else f"{done / 2**20:.0f} MB")
-        prefix = torch.hub.HASH_REGEX.search(name)
-        if prefix and not sha.hexdigest().startswith(prefix.group(1)):
-            raise ModelError(f"The download of {name} is corrupt (hash mismatch); try again.")
-        os.replace(tmp, dst)
-    except (OSError, urllib.error.URLError) as e:
-        raise ModelUnavailable(f"The download of {name} broke off ({e}); try again.") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return dst
+        mb = job.partial.stat().st_size / 2 ** 20
+    except OSError:
+        return ""
+    return f" The {mb:.0f} MB that arrived are kept, and the next try resumes from there." if mb >= 1 else ""
 
 
 def _pretty(name: str) -> str:

@@ -1,4 +1,9 @@
-"""The one cache: keyed on the weights (the model's fingerprint), the image and the spec."""
+"""The one cache: keyed on the weights (the model's fingerprint), the image and the spec;
+bounded in bytes; one computation for every session asking at once."""
+import threading
+import time
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +11,7 @@ from torch import nn
 
 from cnnviz import models
 from cnnviz.app import cache
+from cnnviz.contract import Cancelled, Result, Spec
 from cnnviz.images import load_image
 from cnnviz.predict import PredictSpec, probabilities
 
@@ -44,3 +50,79 @@ def test_the_key_is_the_spec_not_only_the_model(cat):
     model = models.load("torchvision:resnet18@random")
     assert len(cache.run(PredictSpec(3), model, image, sha).top) == 3
     assert len(cache.run(PredictSpec(5), model, image, sha).top) == 5
+
+
+# ---------------------------------------------------------------- bounded in bytes, computed once
+
+@dataclass(frozen=True)
+class SizedSpec(Spec):
+    """A test analysis (this module's `run`): `mb` megabytes of `seed`, after `sleep` s."""
+    seed: int
+    mb: float = 1.0
+    sleep: float = 0.0
+    fail: bool = False
+
+
+@dataclass
+class Sized(Result):
+    data: np.ndarray
+
+
+CALLS: list[int] = []
+
+
+def run(model, image, spec, *, progress=None):
+    CALLS.append(spec.seed)
+    progress(0.5, "half way")
+    time.sleep(spec.sleep)
+    if spec.fail:
+        raise Cancelled()
+    return Sized(np.full(int(spec.mb * 2 ** 18), spec.seed, np.float32))
+
+
+@pytest.fixture
+def small_budget(monkeypatch):
+    monkeypatch.setattr(cache.RESULTS, "budget", int(3.5 * 2 ** 20))  # three 1 MB results
+    cache.RESULTS.clear()
+    CALLS.clear()
+    yield models.load("torchvision:squeezenet1_1@random")
+    cache.RESULTS.clear()
+
+
+def test_results_are_bounded_in_bytes_least_recently_used_out(small_budget):
+    model = small_budget
+    for seed in range(5):
+        assert cache.run(SizedSpec(seed), model).data[0] == seed
+    assert cache.RESULTS.total <= cache.RESULTS.budget and len(cache.RESULTS) == 3
+    CALLS.clear()
+    cache.run(SizedSpec(4), model)  # kept: no work
+    cache.run(SizedSpec(2), model)
+    assert CALLS == []
+    cache.run(SizedSpec(0), model)  # the oldest went first: computed again
+    assert CALLS == [0]
+    first, again = cache.run(SizedSpec(0), model), cache.run(SizedSpec(0), model)
+    assert first.data is not again.data  # still a copy per read
+
+
+def test_a_result_larger_than_the_budget_is_computed_and_not_kept(small_budget):
+    model = small_budget
+    cache.run(SizedSpec(1), model)
+    assert cache.run(SizedSpec(9, mb=4), model).data.size == 2 ** 20
+    assert len(cache.RESULTS) == 1 and CALLS == [1, 9]  # and it pushed nothing out
+    cache.run(SizedSpec(9, mb=4), model)
+    assert CALLS == [1, 9, 9]
+
+
+def test_sessions_asking_at_once_compute_once_and_a_stopped_job_keeps_nothing(small_budget):
+    model = small_budget
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cache.run(SizedSpec(7, sleep=0.5), model)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert CALLS == [7] and len(got) == 4 and all(g.data[0] == 7 for g in got)
+    with pytest.raises(Cancelled):
+        cache.run(SizedSpec(8, fail=True), model)
+    assert len(cache.RESULTS) == 1 and not cache._RUNNING

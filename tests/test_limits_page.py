@@ -90,7 +90,7 @@ def no_search(monkeypatch):
     """Every demo's view, without the min-flip search (tested in test_limits.py)."""
     monkeypatch.setattr(L, "_min_flip", lambda *a, **k: None)
     yield
-    cache._run.clear()
+    cache.RESULTS.clear()
 
 
 @pytest.mark.parametrize("demo, values", [

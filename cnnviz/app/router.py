@@ -23,8 +23,11 @@ def _router_skipped() -> bool:
 
 
 def selection():
-    """The sidebar's current `Selection`, rendering through app.py if it was skipped."""
+    """The sidebar's current `Selection`, rendering through app.py if it was skipped. It
+    lives for this script run only (never in session_state: see sidebar.Selection)."""
     if _router_skipped():
         runpy.run_path(str(APP), run_name="__main__")
         st.stop()
-    return st.session_state["selection"]
+    from cnnviz.app.sidebar import current
+
+    return current()

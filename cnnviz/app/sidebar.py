@@ -6,6 +6,7 @@ Choices live in `st.session_state` (they survive page switches) and are mirrored
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,9 @@ DEFAULT_SAMPLE = "cat"
 
 @dataclass
 class Selection:
+    """What the sidebar chose, for one script run (`current()`); it holds the model and the
+    decoded image, so it is never kept in `st.session_state`: a session idle between runs
+    must not keep a model the cache has let go of."""
     model: models.Model
     image: Image.Image
     image_name: str
@@ -38,8 +42,20 @@ class Selection:
         return top_k(self.model, self.probs, k)
 
 
+_RUN = threading.local()  # the current script run's Selection (a run is one thread)
+
+
+def current() -> Selection:
+    """The Selection that `sidebar()` made earlier in this script run."""
+    sel = getattr(_RUN, "selection", None)
+    if sel is None:
+        raise RuntimeError("sidebar() has not run yet in this script run")
+    return sel
+
+
 def sidebar() -> Selection:
     ss = st.session_state
+    _RUN.selection = None
     _defaults_from_url()
     with st.sidebar:
         st.subheader("Model")
@@ -57,7 +73,8 @@ def sidebar() -> Selection:
         st.query_params["sample"] = img["sample"]
     elif "sample" in st.query_params:
         del st.query_params["sample"]
-    return Selection(model, image, img["name"], img["sha"], probs)
+    _RUN.selection = Selection(model, image, img["name"], img["sha"], probs)
+    return _RUN.selection
 
 
 # ---------------------------------------------------------------- state
@@ -107,22 +124,45 @@ def _catalog() -> dict[str, models.Entry]:
 
 # ---------------------------------------------------------------- model
 
-def _model_label(entry: models.Entry | None, own: models.Model | None, model_id: str) -> str:
-    if own is not None and model_id == own.id:
-        return f"Your model: {own.label}"
+def _model_label(entry: models.Entry | None, own: dict | None, model_id: str) -> str:
+    if own is not None and model_id == own["id"]:
+        return f"Your model: {own['label']}"
     if entry.source == "bundled":
         return f"{entry.label} · bundled, offline"
     if entry.available:
         return f"{entry.label} · cached"
+    running = models.downloading(model_id)
+    if running is not None:
+        return f"{entry.label} · downloading, {running.fraction:.0%}"
     size = f" {entry.download_mb:.0f} MB" if entry.download_mb else ""
     return f"{entry.label} · download{size}"
+
+
+def _own() -> tuple[dict | None, models.Model | None]:
+    """The session's own checkpoint: what it remembers (key, id, label) and the model kept
+    under that key in the process store. Once the store has let it go, say so and forget it."""
+    ss = st.session_state
+    own = ss.get("own_model")
+    if own is None:
+        return None, None
+    model = cache.own_model(own["key"])
+    if model is None:
+        del ss["own_model"]
+        if ss.get("model_id") == own["id"]:
+            ss["model_id"] = models.BUNDLED_ID
+        ss["own_evicted"] = (
+            f"Your model {own['label']} was unloaded to make room: the server keeps "
+            f"{cache.OWN_MODELS.max_entries} uploaded models at a time for everyone. Load it again "
+            "under \"Use your own weights\" (showing the bundled model meanwhile)."
+        )
+    return (own, model) if model is not None else (None, None)
 
 
 def _model_picker() -> models.Model:
     ss = st.session_state
     entries = _catalog()
-    own: models.Model | None = ss.get("own_model")
-    options = list(entries) + ([own.id] if own else [])
+    own, own_model = _own()  # the session keeps a key, never the Model
+    options = list(entries) + ([own["id"]] if own else [])
     if ss["model_id"] not in options:
         ss["model_id"] = models.BUNDLED_ID
     st.selectbox(
@@ -130,10 +170,15 @@ def _model_picker() -> models.Model:
         format_func=lambda mid: _model_label(entries.get(mid), own, mid),
         help="Torchvision models download once, then load from the local cache.",
     )
+    if ss.get("own_evicted"):
+        if ss["model_id"] == models.BUNDLED_ID:
+            st.warning(ss["own_evicted"])
+        else:
+            del ss["own_evicted"]
     _own_model_form()
     model_id = ss["model_id"]
-    if own is not None and model_id == own.id:
-        return own
+    if own is not None and model_id == own["id"]:
+        return own_model
     failed = ss.setdefault("download_failed", {})
     if model_id in failed:
         st.error(failed[model_id])
@@ -183,8 +228,12 @@ def _load_own_model() -> None:
     if f is None:
         return
     try:
-        labels = models.read_labels(lf.getvalue(), lf.name) if lf is not None else None
-        model = models.load_checkpoint(ss["own_arch"], f.getvalue(), f.name, labels)
+        # One copy per file in the process, kept in its store; the session remembers the key.
+        key = cache.own_key(ss["own_arch"], f.getvalue(), lf.getvalue() if lf is not None else None)
+        model = cache.own_model(key)
+        if model is None:  # not loaded by anyone yet (or let go): parse and check it
+            labels = models.read_labels(lf.getvalue(), lf.name) if lf is not None else None
+            model = cache.keep_own(key, models.load_checkpoint(ss["own_arch"], f.getvalue(), f.name, labels))
     except CnnvizError as e:
         ss["own_error"] = str(e)
         return
@@ -195,12 +244,13 @@ def _load_own_model() -> None:
         return
     finally:
         _release(f, lf)
-        for key in (weights_key, labels_key):  # the widgets' values hold the bytes too
-            ss.pop(key, None)
+        for k in (weights_key, labels_key):  # the widgets' values hold the bytes too
+            ss.pop(k, None)
         ss["own_uploads"] = ss.get("own_uploads", 0) + 1
-    ss["own_model"] = model
+    ss["own_model"] = {"key": key, "id": model.id, "label": model.label}
     ss["model_id"] = model.id
     ss.pop("own_error", None)
+    ss.pop("own_evicted", None)
 
 
 def _own_upload_keys() -> tuple[str, str]:
