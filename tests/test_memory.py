@@ -331,7 +331,9 @@ def _checkpoint(classes: int, seed: int = 0) -> bytes:
 
 
 def _load_own(at: AppTest, data: bytes, name: str = "mine.pth") -> None:
-    at.sidebar.file_uploader(key="own_weights").set_value((name, data, "application/octet-stream"))
+    n = at.session_state["own_uploads"] if "own_uploads" in at.session_state else 0
+    key = "own_weights" if n == 0 else f"own_weights_{n}"  # the uploader comes back empty under a new key
+    at.sidebar.file_uploader(key=key).set_value((name, data, "application/octet-stream"))
     at.sidebar.selectbox(key="own_arch").set_value("mobilenet_v2")
     at.run()
     [b for b in at.sidebar.button if b.label == "Load weights"][0].click().run()
