@@ -67,6 +67,11 @@ SEEN_JS = """() => {
   return {label: m ? m.innerText.trim() : null, caption: c || null};
 }"""
 
+DIAG_JS = """() => ({state: document.querySelector('[data-testid="stApp"]')?.dataset.testScriptState,
+  path: location.pathname,
+  headings: [...document.querySelectorAll('h1')].map(e => e.innerText).slice(0, 3),
+  alerts: [...document.querySelectorAll('[data-testid="stAlert"],[data-testid="stException"]')]
+      .map(e => e.innerText.slice(0, 200)).slice(0, 3)})"""
 
 # ---------------------------------------------------------------- images
 
@@ -226,16 +231,20 @@ class Run:
         self.uploaded = Gate(args.sessions)
         self.upload_s, self.load_s, self.switch_s, self.heavy_s = [], [], [], []
         self.failures, self.mixing, self.replicas = [], [], {}
+        self.private = {p.name for p, _ in images}
 
     def left(self, cap: float) -> float:
         return max(0.1, min(cap, self.t_end - time.monotonic()))
 
     def check(self, who: str, seen: dict, name: str, label: str | None):
-        """Mixing: any file name but its own, or (with a label) a prediction but its own."""
-        cap = seen.get("caption")
-        if cap and cap != f"Current image: {name}":
+        """Mixing: the name of another session's upload (each is unique; the samples are
+        shared, and a session whose upload failed still shows the default sample), or, once
+        the session shows its own file, a prediction but its own."""
+        cap = seen.get("caption") or ""
+        shown = cap.removeprefix("Current image: ")
+        if shown != name and shown in self.private:
             self.mixing.append({"session": who, "saw": cap, "own": name})
-        if label is not None and seen.get("label") not in (None, label):
+        if label is not None and shown == name and seen.get("label") not in (None, label):
             self.mixing.append({"session": who, "saw": seen.get("label"), "own": label})
 
     async def context(self, browser, who: str):
@@ -264,7 +273,7 @@ class Run:
             step = "upload"
             inp = page.locator(".st-key-upload").get_by_test_id("stFileUploaderDropzoneInput")
             t = time.monotonic()
-            await inp.set_input_files(str(path))
+            await inp.set_input_files(str(path), timeout=self.left(self.args.timeout) * 1000)
             await page.wait_for_function(SHOWS_JS, arg=[label, name], polling=100,
                                          timeout=self.left(self.args.timeout) * 1000)
             self.upload_s.append(time.monotonic() - t)
@@ -283,8 +292,10 @@ class Run:
             if not await page.evaluate(SHOWS_JS, [label, name]):
                 raise AssertionError(f"Home no longer shows {name} / {label}: {await page.evaluate(SEEN_JS)}")
         except Exception as e:  # one session's failure is a result, not the end of the run
-            self.failures.append({"session": who, "step": step, "error": f"{type(e).__name__}: {str(e)[:200]}"})
-            try:
+            failure = {"session": who, "step": step, "error": f"{type(e).__name__}: {str(e)[:200]}"}
+            self.failures.append(failure)
+            try:  # what the page showed instead: its state, headings and alerts (for diagnosis)
+                failure["showed"] = await page.evaluate(DIAG_JS)
                 self.check(who, await page.evaluate(SEEN_JS), name, None)
             except Exception:
                 pass
@@ -403,7 +414,8 @@ def main():
             rss = sum(proc_field(pid, "VmHWM") for pid in server.pids)
         finally:
             server.stop()
-    name = "bench_load" + ("_proxy" if args.proxy else "") + (f"_heavy{args.heavy}" if args.heavy else "")
+    name = (f"bench_load_s{args.sessions}" + (f"_proxy{args.replicas}" if args.proxy else "")
+            + (f"_heavy{args.heavy}" if args.heavy else ""))
     report(name, out.pop("rows"), {
         "sessions": args.sessions, "heavy_sessions": args.heavy, "proxy": args.proxy,
         "replica_count": args.replicas if args.proxy else 1,
