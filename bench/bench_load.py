@@ -402,6 +402,8 @@ def main():
 
     from cnnviz.samples import sample_paths
 
+    # `timeout` or Ctrl-C: unwind, so the `finally` below stops the server or the cluster.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="cnnviz-load-") as tmp:
         tmp = Path(tmp)
         (tmp / "images").mkdir()
