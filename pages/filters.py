@@ -7,7 +7,7 @@ from cnnviz import bounds, jobs, render
 from cnnviz.activations import spatial_layers
 from cnnviz.app import cache
 from cnnviz.app.router import selection
-from cnnviz.app.url import note, restore, restore_number
+from cnnviz.app.url import note, restore, restore_number, shown
 from cnnviz.contract import Cancelled, CnnvizError, Progress
 from cnnviz.pixels import png_bytes
 
@@ -116,7 +116,7 @@ def unit_controls(gallery: bool) -> FV.FeatureVisSpec | FV.GallerySpec:
     if objective == "class":
         if not 0 <= ss.get("fv_channel", -1) < n_classes:
             if channel_from_url:
-                note(f"The link's channel={ss['fv_channel']} is not a class of {model.label} (0 to {n_classes - 1}); "
+                note(f"The link's channel={shown(ss['fv_channel'])} is not a class of {model.label} (0 to {n_classes - 1}); "
                      "showing the top-1 class.")
             ss["fv_channel"] = sel.top(1)[0].index
         c1.selectbox("Class", range(n_classes), key="fv_channel", format_func=lambda i: f"{model.categories[i]} ({i})")
@@ -127,7 +127,7 @@ def unit_controls(gallery: bool) -> FV.FeatureVisSpec | FV.GallerySpec:
         C = info[layer].shape[0]
         if not 0 <= ss.get("fv_channel", 0) < C:
             if channel_from_url:
-                note(f"The link's channel={ss['fv_channel']} is not a channel of {layer} (0 to {C - 1}); showing 0.")
+                note(f"The link's channel={shown(ss['fv_channel'])} is not a channel of {layer} (0 to {C - 1}); showing 0.")
             ss["fv_channel"] = 0
         ss.setdefault("fv_channel", 0)
         if gallery:

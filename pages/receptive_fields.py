@@ -10,7 +10,7 @@ from cnnviz import render
 from cnnviz.app import cache
 from cnnviz.app.clicks import new_click
 from cnnviz.app.router import selection
-from cnnviz.app.url import note, restore
+from cnnviz.app.url import note, restore, shown
 from cnnviz.contract import CnnvizError
 from cnnviz.pixels import png_bytes
 
@@ -68,10 +68,10 @@ asked = (ss.get("rf_y"), ss.get("rf_x"))
 ss["rf_y"], ss["rf_x"] = table.place(ss["rf_layer"], *asked)
 for k, was, now in (("y", asked[0], ss["rf_y"]), ("x", asked[1], ss["rf_x"])):
     if from_url[k] and was != now:
-        note(f"The link's {k}={was} is outside {ss['rf_layer']}'s {H}x{W} map; showing the centre, {k}={now}.")
+        note(f"The link's {k}={shown(was)} is outside {ss['rf_layer']}'s {H}x{W} map; showing the centre, {k}={now}.")
 if not 0 <= ss.get("rf_channel", 0) < C:
     if from_url["channel"]:
-        note(f"The link's channel={ss['rf_channel']} is not a channel of {ss['rf_layer']} (0 to {C - 1}); showing 0.")
+        note(f"The link's channel={shown(ss['rf_channel'])} is not a channel of {ss['rf_layer']} (0 to {C - 1}); showing 0.")
     ss["rf_channel"] = 0
 ss.setdefault("rf_channel", 0)
 
