@@ -39,14 +39,15 @@ import torch
 from PIL import Image
 from torch import nn
 
+from . import bounds
 from .contract import CnnvizError, Progress, Result, Spec
 from .model import Model
 from .pixels import from_uint8, png_bytes, to_uint8
 from .predict import Top, classify
 
-MAX_EPS = 255.0
-MAX_STEPS = 1000
-MAX_BUDGETS = 256
+MAX_EPS = bounds.MAX_EPS
+MAX_STEPS = bounds.MAX_ATTACK_STEPS
+MAX_BUDGETS = bounds.MAX_BUDGETS
 GRID_FRACTION = 4  # the last 1/GRID_FRACTION of PGD's steps move on the 1/255 grid
 SATURATED = 1e-3  # a sweep stops attacking once the goal's probability is this close to done
 # Captum's FGSM warns on every step that the (detached) input did not require grad.
@@ -85,7 +86,8 @@ class AttackSpec(Spec):
         return replace(self, eps=float(self.eps), steps=int(self.steps) if iterative else 1,
                        step_size=None if self.step_size is None or not iterative else float(self.step_size),
                        target=None if self.target is None else int(self.target),
-                       random_start=bool(self.random_start and iterative), seed=int(self.seed), png=bool(self.png))
+                       random_start=bool(self.random_start and iterative), seed=bounds.seed(self.seed, AttackError),
+                       png=bool(self.png))
 
     @property
     def alpha(self) -> float:
@@ -112,7 +114,7 @@ class NoiseSpec(Spec):
 
     def check(self, model) -> "NoiseSpec":
         _check(model, "fgsm", self.eps, 1, None, None)
-        return replace(self, eps=float(self.eps), seed=int(self.seed))
+        return replace(self, eps=float(self.eps), seed=bounds.seed(self.seed, AttackError))
 
     def passes(self, model) -> int:
         return 2  # the original and the noisy image, one batch
@@ -131,7 +133,9 @@ class BudgetSweepSpec(Spec):
     seed: int = 0
 
     def check(self, model) -> "BudgetSweepSpec":
-        budgets = tuple(sorted(float(b) for b in self.budgets))
+        if len(self.budgets) > MAX_BUDGETS:
+            raise AttackError(f"{len(self.budgets)} budgets; at most {MAX_BUDGETS} per sweep.")
+        budgets = tuple(sorted(_check_eps(b) for b in self.budgets))
         if not budgets:
             raise AttackError("Give at least one budget.")
         if len(budgets) > MAX_BUDGETS:
@@ -153,18 +157,28 @@ class BudgetSweepSpec(Spec):
 
 
 def _check(model: Model, method: str, eps: float, steps: int, step_size: float | None, target: int | None) -> None:
-    if method not in ATTACKS:
-        raise AttackError(f"Unknown attack {method!r}; choose one of {', '.join(ATTACKS)}.")
-    if not 1 <= eps <= MAX_EPS or not math.isfinite(eps):
-        raise AttackError(f"The budget must be between 1 and {MAX_EPS:.0f} (in 1/255 units), got {eps:g}: "
-                          "an 8-bit image cannot change by less than 1/255.")
-    if not 1 <= steps <= MAX_STEPS:
-        raise AttackError(f"The number of steps must be between 1 and {MAX_STEPS}, got {steps}.")
-    if step_size is not None and not (0 < step_size <= MAX_EPS and math.isfinite(step_size)):
-        raise AttackError(f"The step size must be positive (in 1/255 units), got {step_size:g}.")
+    if not isinstance(method, str) or method not in ATTACKS:
+        raise AttackError(f"Unknown attack {bounds._shown(method)}; choose one of {', '.join(ATTACKS)}.")
+    _check_eps(eps)
+    bounds.whole(steps, "The number of steps", 1, MAX_STEPS, AttackError)
+    if step_size is not None:
+        bounds.number(step_size, "The step size", 0, MAX_EPS, AttackError, above=True, unit="(1/255 units)")
     n = len(model.categories)
-    if target is not None and not 0 <= target < n:
-        raise AttackError(f"Class {target} does not exist; the model has {n} classes (0 to {n - 1}).")
+    if target is not None:
+        try:
+            bounds.whole(target, "The target", 0, n - 1, AttackError)
+        except AttackError:
+            raise AttackError(f"Class {bounds._shown(target)} does not exist; the model has {n} classes "
+                              f"(0 to {n - 1}).") from None
+
+
+def _check_eps(eps) -> float:
+    """A budget (1/255 units) as a float from 1 to MAX_EPS, else an AttackError."""
+    try:
+        return bounds.number(eps, "The budget", 1, MAX_EPS, AttackError)
+    except AttackError:
+        raise AttackError(f"The budget must be between 1 and {MAX_EPS:.0f} (in 1/255 units), got "
+                          f"{bounds._shown(eps)}: an 8-bit image cannot change by less than 1/255.") from None
 
 
 def parse_budgets(text: str | None) -> tuple[float, ...]:

@@ -103,8 +103,16 @@ class Spec:
     """Base of every analysis' parameters (frozen dataclasses: hashable cache keys)."""
 
     def passes(self, model) -> int:
-        """Forward (+ backward) passes this job costs on `model`; the runner reads it."""
+        """Images this job runs through the network on `model` (each a forward, or a
+        forward and backward pass; an upper bound where the job may stop early), for an
+        image at the model's input size. The runner refuses a job over
+        `bounds.MAX_PASSES` and runs one of more than `jobs.SHORT_PASSES` apart."""
         return 1
+
+    def passes_at(self, model, size: tuple[int, int]) -> int:
+        """`passes` for pixels of `size` (h, w): a job handed pixels of another size than
+        the model's input. Only specs whose cost grows with the image override it."""
+        return self.passes(model)
 
     def check(self, model) -> "Spec":
         """Validated, with defaults filled in for `model`; raises CnnvizError."""

@@ -64,8 +64,8 @@ from .model import Model
 OBJECTIVES = ("channel", "neuron", "class")
 # Bump when the algorithm changes, so old disk-cache entries are not reused.
 VERSION = 1
-SIZES = (32, 512)
-MAX_STEPS = 4096
+SIZES = bounds.FEATUREVIS_SIDES
+MAX_STEPS = bounds.MAX_FEATUREVIS_STEPS
 REDIRECT_STEPS = 16
 # Seconds per step at 128x128 on a laptop CPU, for "about N s" before a run.
 LAPTOP_STEP_SECONDS = 0.1
@@ -108,14 +108,18 @@ class Render(contract.Spec):
         return {f.name: getattr(self, f.name) for f in fields(Render)}
 
     def _check_render(self) -> None:
-        if not SIZES[0] <= self.size <= SIZES[1]:
-            raise FeatureVisError(f"Image size {self.size} is out of range; use {SIZES[0]} to {SIZES[1]} pixels.")
-        if not 1 <= self.steps <= MAX_STEPS:
-            raise FeatureVisError(f"Steps must be 1 to {MAX_STEPS}, not {self.steps}.")
-        if not (math.isfinite(self.lr) and 0 < self.lr <= 1):
-            raise FeatureVisError(f"The learning rate must be above 0 and at most 1, not {self.lr}.")
-        if self.preview_every < 1:
-            raise FeatureVisError(f"Previews come every 1 or more steps, not {self.preview_every}.")
+        """Raises a FeatureVisError naming the range of the first knob outside it (never
+        an OverflowError or TypeError: inf, nan and 2.5 steps are refused here)."""
+        try:
+            bounds.whole(self.size, "size", *SIZES, FeatureVisError)
+        except FeatureVisError:
+            raise FeatureVisError(f"Image size {bounds._shown(self.size)} is out of range; use {SIZES[0]} to "
+                                  f"{SIZES[1]} pixels.") from None
+        bounds.whole(self.steps, "Steps", 1, MAX_STEPS, FeatureVisError)
+        bounds.number(self.lr, "The learning rate", 0, 1, FeatureVisError, above=True)
+        bounds.seed(self.seed, FeatureVisError)
+        if not isinstance(self.preview_every, int) or self.preview_every < 1:
+            raise FeatureVisError(f"Previews come every 1 or more steps, not {bounds._shown(self.preview_every)}.")
 
     def estimate_seconds(self, units: int = 1) -> float:
         """About how long `units` renders take on a laptop CPU."""
@@ -131,7 +135,7 @@ class FeatureVisSpec(Render):
     objective: str = "channel"
 
     def passes(self, model) -> int:
-        return self.steps
+        return self.steps + 2  # and the objective on the plain image before the first step and after the last
 
     def check(self, model: Model) -> "FeatureVisSpec":
         """Validated against the model (with `layer` None for classes)."""
@@ -140,15 +144,17 @@ class FeatureVisSpec(Render):
         self._check_render()
         if self.objective == "class":
             n = len(model.categories)
-            if not 0 <= self.channel < n:
-                raise FeatureVisError(f"{model.id} has classes 0 to {n - 1}; {self.channel} does not exist.")
+            if not _index_ok(self.channel, n):
+                raise FeatureVisError(f"{model.id} has classes 0 to {n - 1}; {bounds._shown(self.channel)} does not "
+                                      "exist.")
             return self if self.layer is None else replace(self, layer=None)
         if not self.layer:
             raise FeatureVisError("Name a layer (see `python -m cnnviz layers`), or use the class objective.")
         check_layer(model, self.layer)
         channels = _channels(model, self.layer)
-        if not 0 <= self.channel < channels:
-            raise FeatureVisError(f"{self.layer} has channels 0 to {channels - 1}; {self.channel} does not exist.")
+        if not _index_ok(self.channel, channels):
+            raise FeatureVisError(f"{self.layer} has channels 0 to {channels - 1}; {bounds._shown(self.channel)} does "
+                                  "not exist.")
         return self
 
     def digest(self, model_id: str) -> str:
@@ -160,6 +166,15 @@ class FeatureVisSpec(Render):
 
 def _channels(model: Model, layer: str) -> int:
     return {l.name: l.shape[0] for l in model.layers}[layer]
+
+
+def _index_ok(i, n: int) -> bool:
+    """`i` is a whole number from 0 to n - 1 (not 2.5, nan or "3")."""
+    try:
+        bounds.whole(i, "", 0, n - 1)
+    except contract.CnnvizError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -177,13 +192,14 @@ class GallerySpec(Render):
         return [self.unit(c) for c in range(self.n)]
 
     def passes(self, model) -> int:
-        return self.n * self.steps
+        return self.n * self.unit(0).passes(model)
 
     def check(self, model: Model) -> "GallerySpec":
         first = self.unit(0).check(model)
         if first.objective == "class":
             raise FeatureVisError("The gallery walks the channels of a layer; pick the channel or neuron objective.")
-        n = max(1, min(self.n, _channels(model, first.layer)))
+        n = bounds.whole(self.n, "The number of channels", 1, bounds.MAX_GALLERY, FeatureVisError)
+        n = min(n, _channels(model, first.layer))
         return self if n == self.n else replace(self, n=n)
 
 
@@ -197,13 +213,14 @@ class NaturalSpec(contract.Spec):
     batch: int = 8
 
     def passes(self, model) -> int:
-        return -(-(len(_sample_paths()) + bool(self.upload)) // self.batch)
+        return len(_sample_paths()) + bool(self.upload)  # one forward each, `batch` at a time
 
     def check(self, model: Model) -> "NaturalSpec":
         if self.layer is not None:
             check_layer(model, self.layer)
-        if self.batch < 1:
-            raise FeatureVisError(f"A batch holds 1 or more images, not {self.batch}.")
+        if not isinstance(self.upload, str):
+            raise FeatureVisError(f"The upload's name must be text, not {bounds._shown(self.upload)}.")
+        bounds.batch(self.batch, FeatureVisError, "A batch")
         return self
 
 
@@ -232,8 +249,13 @@ class EvidenceSpec(contract.Spec):
 
     def check(self, model: Model) -> "EvidenceSpec":
         unit = FeatureVisSpec(self.layer, self.channel, self.objective).check(model)
-        if self.k < 0 or self.per_image < 1 or self.best < 0:
-            raise FeatureVisError("Evidence needs k >= 0 crops, per_image >= 1 and best >= 0 photos.")
+        photos = len(_sample_paths()) + 1
+        try:
+            for value, lo in ((self.k, 0), (self.per_image, 1), (self.best, 0)):
+                bounds.whole(value, "", lo, bounds.MAX_POINTS * photos, FeatureVisError)
+        except FeatureVisError:
+            raise FeatureVisError("Evidence needs k >= 0 crops, per_image >= 1 and best >= 0 photos "
+                                  f"(whole numbers, at most {bounds.MAX_POINTS * photos:,}).") from None
         return self if unit.layer == self.layer else replace(self, layer=unit.layer)
 
 

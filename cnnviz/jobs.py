@@ -3,7 +3,11 @@
 `run(model, image, spec, progress=None)` finds the analysis from the spec's module
 (`cnnviz.saliency.SaliencySpec` -> `cnnviz.saliency.run`) and runs it:
 
-- **Short jobs** (at most `SHORT_PASSES` passes: a prediction, a Grad-CAM, one
+- **Too big** (more than `bounds.MAX_PASSES` images through the network, whatever the
+  spec's knobs say: occlusion positions, sweeps, steps x budgets, gallery channels x
+  steps): refused with an `OverBudget` error saying the cost and the limit, after the
+  spec's own `check` and before anything runs.
+- **Short jobs** (at most `SHORT_PASSES` images: a prediction, a Grad-CAM, one
   recording) run on the shared model under its lock. They are what every session
   does on every click, and a few passes is what anyone waits behind.
 - **Heavy jobs** (more passes: Score-CAM, Integrated Gradients, SmoothGrad, occlusion,
@@ -26,9 +30,39 @@ import time
 
 import torch
 
-from .contract import Progress, Result, Spec
+from . import bounds
+from .contract import CnnvizError, Progress, Result, Spec
 
-SHORT_PASSES = 4
+SHORT_PASSES = 4  # images: a prediction (1), a Grad-CAM (1, or 2 finding the top-1), one recording
+
+
+class OverBudget(CnnvizError):
+    """A job that would run more images through the network than `bounds.MAX_PASSES`."""
+
+
+def pixel_size(model, image) -> tuple[int, int]:
+    """(h, w) of the pixels a job works on: a PIL image is resized to the model's input,
+    pixels [1, 3, H, W] keep their own size (None: the input size)."""
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 4 or tuple(image.shape[:2]) != (1, 3):
+            raise CnnvizError(f"A job takes one image as pixels [1, 3, H, W], not {list(image.shape)}.")
+        return int(image.shape[-2]), int(image.shape[-1])
+    return tuple(model.input_size)
+
+
+def cost(model, image, spec: Spec) -> int:
+    """Images the (checked) `spec` runs through the network on `image`."""
+    return int(spec.passes_at(model, pixel_size(model, image)))
+
+
+def check_budget(model, image, spec: Spec) -> int:
+    """The job's cost, or `OverBudget` when it is more than `bounds.MAX_PASSES`."""
+    n = cost(model, image, spec)
+    if n > bounds.MAX_PASSES:
+        raise OverBudget(f"This job would run {n:,} images through the network; the server runs at most "
+                         f"{bounds.MAX_PASSES:,} per job. Ask for fewer steps, samples, channels, budgets or "
+                         "positions (a larger patch or stride).")
+    return n
 
 
 @contextlib.contextmanager
@@ -63,14 +97,15 @@ class Runner:
         self._running = 0
         self._queue: list[object] = []
 
-    def is_heavy(self, model, spec: Spec) -> bool:
-        return spec.passes(model) > SHORT_PASSES
+    def is_heavy(self, model, spec: Spec, image=None) -> bool:
+        return cost(model, image, spec) > SHORT_PASSES
 
     def run(self, model, image, spec: Spec, *, progress: Progress | None = None) -> Result:
         progress = Progress.of(progress)
         spec = spec.check(model)
+        n = check_budget(model, image, spec)  # before anything runs
         analysis = analysis_of(spec)
-        if not self.is_heavy(model, spec):
+        if n <= SHORT_PASSES:
             with model.lock:
                 t = time.perf_counter()
                 result = analysis.run(model, image, spec, progress=progress)

@@ -33,13 +33,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from . import bounds
 from .contract import CnnvizError, Progress, Result, Spec
 from .model import Model
 from .pixels import to_uint8
 from .predict import Top, classify
 
 GREY = 0.5  # fill for padding and occluding patches: the middle of the pixel range
-MAX_POINTS = 400
+MAX_POINTS = bounds.MAX_POINTS  # values per sweep, and occlusion positions
 
 
 class LimitsError(CnnvizError):
@@ -238,26 +239,41 @@ def parse_numbers(text: str, error: type[CnnvizError] = LimitsError, most: int =
     """A list ('0,15,30') or 'START:STOP:STEP' (STOP included when it falls on the grid),
     at most `most` numbers; `error` says what cannot be read (with the examples)."""
     text = str(text).strip()
+    if len(text) > bounds.MAX_VALUES_TEXT:
+        raise error(f"The values are {len(text):,} characters long; at most {bounds.MAX_VALUES_TEXT:,}: give a "
+                    f"list ({example}) or START:STOP:STEP ({example_range}).")
+    shown = bounds._shown(text)
     try:
         parts = [float(p) for p in text.replace(" ", "").split(":" if ":" in text else ",") if p]
     except ValueError:
         parts = []
     if not parts or (":" in text and len(parts) != 3):
-        raise error(f"Cannot read the values {text!r}: give a list ({example}) or START:STOP:STEP ({example_range}).")
+        raise error(f"Cannot read the values {shown}: give a list ({example}) or START:STOP:STEP ({example_range}).")
+    if not all(math.isfinite(p) for p in parts):  # inf, nan, 1e309
+        bad = next(p for p in parts if not math.isfinite(p))
+        raise error(f"In {shown}, {bad:g} is not a finite number: give a list ({example}) or START:STOP:STEP "
+                    f"({example_range}).")
     if ":" not in text:
+        if len(parts) > most:
+            raise error(f"{len(parts)} values; at most {most} per sweep.")
         return tuple(parts)
     start, stop, step = parts
     if step <= 0 or stop < start:
-        raise error(f"In {text!r} the step must be positive and STOP at least START.")
-    n = math.floor((stop - start) / step + 1e-9) + 1
-    if n > most:
-        raise error(f"{text!r} gives {n} values; at most {most} per sweep.")
+        raise error(f"In {shown} the step must be positive and STOP at least START.")
+    span = (stop - start) / step + 1e-9  # inf when the range overflows a float
+    if not span < most:
+        count = f"{math.floor(span) + 1:,}" if math.isfinite(span) else f"more than {most}"
+        raise error(f"{shown} gives {count} values; at most {most} per sweep.")
+    n = math.floor(span) + 1
     return tuple(round(start + i * step, 10) for i in range(n))
 
 
 def check_values(name: str, values) -> tuple[float, ...]:
     t = get(name)
-    values = tuple(float(v) for v in values)
+    try:
+        values = tuple(float(v) for v in values)
+    except (TypeError, ValueError, OverflowError):
+        raise LimitsError(f"{t.title}: the values must be numbers ({t.unit}), not {bounds._shown(values)}.") from None
     if not values:
         raise LimitsError("Give at least one value.")
     if len(values) > MAX_POINTS:
@@ -300,6 +316,43 @@ def occlusion_grid(size: tuple[int, int], patch: int, stride: int | None = None)
     return [(y, x) for y in axis(h) for x in axis(w)]
 
 
+def occlusion_positions(size: tuple[int, int], patch) -> int:
+    """How many patches `occlusion_grid(size, patch)` places (without listing them)."""
+    h, w = size
+    p = min(int(patch), h, w)
+    if p <= 0:
+        return 0
+    stride = max(1, p // 2)
+
+    def axis(n):
+        return (n - p) // stride + 1 + ((n - p) % stride != 0)
+
+    return axis(h) * axis(w)
+
+
+def smallest_patch(size: tuple[int, int], most: int = MAX_POINTS) -> int:
+    """The smallest occlusion patch (pixels) with at most `most` positions on `size`."""
+    return next((p for p in range(1, min(size) + 1) if occlusion_positions(size, p) <= most), min(size))
+
+
+def _check_patch(size: tuple[int, int], patch: float) -> None:
+    n = occlusion_positions(size, patch)
+    if n > MAX_POINTS:
+        raise LimitsError(f"A {patch:g}-pixel occlusion patch makes {n:,} positions on the {size[0]}x{size[1]} input; "
+                          f"a sweep has at most {MAX_POINTS}: use a patch of {smallest_patch(size)} pixels or more.")
+
+
+def fit_values(name: str, values: tuple[float, ...], size: tuple[int, int]) -> tuple[tuple[float, ...], str]:
+    """`values` (checked) made to fit the server's bounds on `size` (h, w), and a sentence
+    saying what was changed ("" when nothing was): an occlusion patch too small for
+    `MAX_POINTS` positions becomes the smallest one that fits."""
+    if name == "occlude" and values and (n := occlusion_positions(size, values[0])) > MAX_POINTS:
+        patch = smallest_patch(size)
+        return (float(patch),), (f"A {values[0]:g}-pixel patch would make {n:,} positions on the {size[0]}x{size[1]} "
+                                 f"input; a sweep has at most {MAX_POINTS}, so the patch is {patch} pixels.")
+    return values, ""
+
+
 # ---------------------------------------------------------------- specs
 
 def _hint():
@@ -330,15 +383,21 @@ class SweepSpec(Spec):
     def check(self, model) -> "SweepSpec":
         t = get(self.transform)
         values = check_values(self.transform, t.default if self.values is None else self.values)
-        if self.batch_size < 1 or self.thumb < 1:
-            raise LimitsError("The batch size and the thumbnail size must be at least 1.")
-        return replace(self, values=values, seed=int(self.seed))
+        if self.transform == "occlude":
+            _check_patch(tuple(model.input_size), values[0])
+        batch = bounds.batch(self.batch_size, LimitsError)
+        thumb = bounds.whole(self.thumb, "The thumbnail size", 1, bounds.MAX_THUMB, LimitsError)
+        return replace(self, values=values, seed=bounds.seed(self.seed, LimitsError), batch_size=batch, thumb=thumb)
 
     def passes(self, model) -> int:
+        return self.passes_at(model, tuple(model.input_size))
+
+    def passes_at(self, model, size) -> int:
+        """The transformed images (occlude: one per patch position on `size`), and the
+        original when `probs` is not given."""
         values = get(self.transform).default if self.values is None else self.values
         if self.transform == "occlude":
-            patch = min(int(values[0]), *model.input_size)
-            images = len(occlusion_grid(model.input_size, patch)) if patch else 0
+            images = occlusion_positions(size, values[0])
         else:
             images = sum(not _identity(self.transform, v) for v in values)
         return images + (self.probs is None)
@@ -366,9 +425,9 @@ class FlipSpec(Spec):
             searchable = [n for n, u in TRANSFORMS.items() if u.search is not None]
             raise LimitsError(f"{t.title} has no continuous parameter to search; the smallest flip applies to "
                               f"{', '.join(searchable)}.")
-        if self.batch_size < 1:
-            raise LimitsError("The batch size must be at least 1.")
-        return replace(self, seed=int(self.seed), seen=tuple(float(v) for v in self.seen))
+        seen = tuple(bounds.number(v, "A magnitude seen to flip", 0, math.inf, LimitsError) for v in self.seen)
+        return replace(self, seed=bounds.seed(self.seed, LimitsError), seen=seen,
+                       batch_size=bounds.batch(self.batch_size, LimitsError))
 
     def passes(self, model) -> int:
         return self.images() + (self.probs is None)
@@ -398,10 +457,13 @@ class LimitsSpec(Spec):
 
     def check(self, model) -> "LimitsSpec":
         sweep = self.sweep().check(model)
-        return replace(self, values=sweep.values, seed=sweep.seed)
+        return replace(self, values=sweep.values, seed=sweep.seed, batch_size=sweep.batch_size)
 
     def passes(self, model) -> int:
-        return self.sweep().passes(model) + FlipSpec(self.transform).images()
+        return self.passes_at(model, tuple(model.input_size))
+
+    def passes_at(self, model, size) -> int:
+        return self.sweep().passes_at(model, size) + FlipSpec(self.transform).images()
 
 
 # ---------------------------------------------------------------- results
@@ -527,6 +589,7 @@ def _sweep(model: Model, x: torch.Tensor, probs: np.ndarray, spec: SweepSpec, pr
     orig = int(np.argmax(probs))
     patch = grid = None
     if name == "occlude":
+        _check_patch(tuple(x.shape[-2:]), spec.values[0])  # the image's own size: positions and thumbnails bounded
         patch = min(int(spec.values[0]), *x.shape[-2:])
         corners = occlusion_grid(x.shape[-2:], patch) if patch else [(0, 0)]
         points_v: list = corners

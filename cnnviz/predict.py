@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import bounds
 from .contract import CnnvizError, Progress, Result, Spec
 from .model import Model
 
@@ -51,8 +52,8 @@ class PredictSpec(Spec):
     topk: int = 5
 
     def check(self, model) -> "PredictSpec":
-        if self.topk < 1:
-            raise CnnvizError("--topk must be at least 1")
+        if not (isinstance(self.topk, int) and self.topk >= 1):
+            raise CnnvizError(f"--topk must be at least 1, not {bounds._shown(self.topk)}")
         return self
 
 

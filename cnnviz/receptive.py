@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from . import bounds
 from .activations import LayerNotFound, find_layer
 from .contract import CnnvizError, Progress, Result, Spec
 from .hooks import Recorder
@@ -405,12 +406,13 @@ def _merged(ins: list[_State], axes, hw, ndim: int, with_note: bool = False):
 # ---------------------------------------------------------------- the table
 
 def _check_size(input_size) -> tuple[int, int]:
+    lo, hi = bounds.RF_SIDES
     try:
-        h, w = (int(v) for v in input_size)
-    except (TypeError, ValueError):
-        raise RFError(f"Input size {input_size!r} is not two integers (height, width).") from None
-    if not (16 <= h <= 2048 and 16 <= w <= 2048):
-        raise RFError(f"Input size {h}x{w} is out of range: use 16 to 2048 pixels a side.")
+        h, w = (bounds.whole(v, "", -2 ** 63, 2 ** 63, RFError) for v in input_size)
+    except (TypeError, ValueError):  # RFError is a ValueError too: not two whole numbers
+        raise RFError(f"Input size {bounds._shown(input_size)} is not two integers (height, width).") from None
+    if not (lo <= h <= hi and lo <= w <= hi):
+        raise RFError(f"Input size {h}x{w} is out of range: use {lo} to {hi} pixels a side.")
     return h, w
 
 
@@ -609,8 +611,8 @@ def _average(model: Model, u: Unit, inputs: torch.Tensor, channel: int | None, b
 
 def noise_inputs(model: Model, n: int, seed: int = 0) -> torch.Tensor:
     """n standard-normal inputs in the network's normalized space (Luo et al.'s setting)."""
-    if not 1 <= n <= 256:
-        raise RFError(f"Use 1 to 256 noise inputs, not {n}.")
+    if not 1 <= n <= bounds.MAX_NOISE_INPUTS:
+        raise RFError(f"Use 1 to {bounds.MAX_NOISE_INPUTS} noise inputs, not {n}.")
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, *model.input_size, generator=g)
 
@@ -718,6 +720,11 @@ class UnitSpec(Spec):
 
     def check(self, model) -> "UnitSpec":
         _known_layer(model, self.layer)  # the unit is checked against the map in run()
+        for name in ("y", "x", "channel"):
+            value = getattr(self, name, None)
+            if value is not None:  # whole numbers; their range is the layer's map, checked in run()
+                bounds.whole(value, f"The unit's {name}" if name != "channel" else "The channel", -2 ** 31, 2 ** 31,
+                             RFError)
         return self
 
 
@@ -743,11 +750,14 @@ class AverageSpec(UnitSpec):
     def check(self, model) -> "AverageSpec":
         super().check(model)
         if self.source not in SOURCES:
-            raise RFError(f"Average over {' or '.join(SOURCES)}, not {self.source!r}.")
-        if self.source == "noise" and not 1 <= self.n <= 256:
-            raise RFError(f"Use 1 to 256 noise inputs, not {self.n}.")
-        if self.batch_size < 1:
-            raise RFError("The batch size must be at least 1.")
+            raise RFError(f"Average over {' or '.join(SOURCES)}, not {bounds._shown(self.source)}.")
+        if self.source == "noise":
+            try:
+                bounds.whole(self.n, "", 1, bounds.MAX_NOISE_INPUTS, RFError)
+            except RFError:
+                raise RFError(f"Use 1 to {bounds.MAX_NOISE_INPUTS} noise inputs, not {bounds._shown(self.n)}.") from None
+        bounds.seed(self.seed, RFError)
+        bounds.batch(self.batch_size, RFError)
         return self
 
     def inputs(self) -> int:

@@ -25,7 +25,6 @@ spec's fields as arguments (Captum's uniform signature, mirrored).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Callable, NamedTuple
 
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from . import bounds
 from .activations import LayerNotFound
 from .contract import CnnvizError, Progress, Result, Spec
 from .hooks import Recorder, unguided_activations
@@ -73,18 +73,23 @@ class SaliencySpec(Spec):
         if method is None:
             raise SaliencyError(f"Unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
         target, contrast = check_class(model, self.target), check_class(model, self.contrast)
-        for name in ("batch_size", "smooth_samples", "ig_steps", "occlusion_window", "occlusion_stride"):
-            if int(getattr(self, name)) < 1:
-                raise SaliencyError(f"{name} must be at least 1 (got {getattr(self, name)}).")
-        if not self.smooth_std >= 0:
-            raise SaliencyError(f"smooth_std must be 0 or more (got {self.smooth_std}).")
+        side = min(model.input_size)
+        knobs = {name: bounds.whole(getattr(self, name), name, 1, hi, SaliencyError) for name, hi in (
+            ("batch_size", bounds.MAX_BATCH), ("smooth_samples", bounds.MAX_SAMPLES), ("ig_steps", bounds.MAX_SAMPLES),
+            ("occlusion_window", side), ("occlusion_stride", side))}
+        smooth_std = bounds.number(self.smooth_std, "smooth_std", 0, 1, SaliencyError, unit="(pixel range 0-1)")
         layer = check_cam_layer(model, self.layer) if method.takes_layer else None
-        checked = replace(self, target=target, contrast=contrast, layer=layer)
+        checked = replace(self, target=target, contrast=contrast, layer=layer, smooth_std=smooth_std, **knobs)
         return self if checked == self else checked
 
     def passes(self, model) -> int:
+        return self.passes_at(model, tuple(model.input_size))
+
+    def passes_at(self, model, size) -> int:
+        """The method's images on pixels of `size`, and the classifying pass that finds
+        the top-1 when `target` is None (SmoothGrad makes that pass either way)."""
         method = METHODS.get(self.method)
-        return method.passes(self, model) if method else 1
+        return method.passes(self, model, size) if method else 1
 
 
 @dataclass(frozen=True)
@@ -111,13 +116,17 @@ class Method:
     name: str
     label: str  # how the page names it
     compute: Callable[..., "_Maps"] = field(repr=False)
-    cost: Callable[[SaliencySpec, Model], int] = lambda spec, model: 1  # forward(+backward) passes
+    # images through the network with a target given, (spec, model, (h, w)) -> int
+    cost: Callable[[SaliencySpec, Model, tuple], int] = lambda spec, model, size: 1
     takes_layer: bool = False  # Grad-CAM-style: a map of one layer's output
     guided: bool = False  # Guided Backprop inside: only honest on nets whose activations are nn.ReLU
     trust: bool = True  # offered by the trust checks (`cnnviz.trust`)
 
-    def passes(self, spec: SaliencySpec, model: Model) -> int:
-        return int(self.cost(spec, model))
+    def passes(self, spec: SaliencySpec, model: Model, size: tuple[int, int] | None = None) -> int:
+        """Images through the network for `spec` on pixels of `size` (default: the input's);
+        a target of None adds the pass that finds the top-1 (SmoothGrad's cost has it)."""
+        n = int(self.cost(spec, model, tuple(size or model.input_size)))
+        return n + (spec.target is None and self.name != "smoothgrad")
 
 
 def _windows(size: int, window: int, stride: int) -> int:
@@ -125,12 +134,12 @@ def _windows(size: int, window: int, stride: int) -> int:
     return -(-max(size - window, 0) // stride) + 1
 
 
-def _scorecam_passes(spec: SaliencySpec, model: Model) -> int:
-    """The recording pass, the blank input, and a batch per `batch_size` channels (at
-    most: channels that are constant on the image share the blank input's pass)."""
+def _scorecam_passes(spec: SaliencySpec, model: Model, size=None) -> int:
+    """The recording pass, the blank input, and one masked image per channel (at most:
+    channels that are constant on the image share the blank input's pass)."""
     layer = spec.layer or model.gradcam_layer
     channels = next((l.shape[0] for l in model.layers if l.name == layer), 1)
-    return 2 + math.ceil(channels / spec.batch_size)
+    return 2 + channels
 
 
 def _occlusion_passes(spec: SaliencySpec, size: tuple[int, int]) -> int:
@@ -144,9 +153,11 @@ def check_class(model: Model, t: int | None) -> int | None:
     if t is None:
         return None
     n = len(model.categories)
-    if not 0 <= int(t) < n:
-        raise SaliencyError(f"Class {t} does not exist; the model has {n} classes (0 to {n - 1}).")
-    return int(t)
+    try:
+        return bounds.whole(t, "The class", 0, n - 1, SaliencyError)
+    except SaliencyError:
+        raise SaliencyError(f"Class {bounds._shown(t)} does not exist; the model has {n} classes "
+                            f"(0 to {n - 1}).") from None
 
 
 def cam_layers(model: Model) -> list[str]:
@@ -485,13 +496,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("gradcampp", "Grad-CAM++", _cam(_gradcampp), takes_layer=True),
     Method("scorecam", "Score-CAM (slow: one pass per channel)", _cam(_scorecam), _scorecam_passes,
            takes_layer=True, trust=False),
-    Method("guided_gradcam", "Guided Grad-CAM", _guided_gradcam, lambda spec, model: 2, takes_layer=True,
+    Method("guided_gradcam", "Guided Grad-CAM", _guided_gradcam, lambda spec, model, size: 2, takes_layer=True,
            guided=True, trust=False),
     Method("gradients", "Vanilla gradients", _gradients),
-    Method("smoothgrad", "SmoothGrad", _smoothgrad, lambda spec, model: spec.smooth_samples),
+    # the noisy samples, and the image's probability (one classifying pass)
+    Method("smoothgrad", "SmoothGrad", _smoothgrad, lambda spec, model, size: spec.smooth_samples + 1),
     Method("ig", "Integrated Gradients", _integrated_gradients,
-           lambda spec, model: spec.ig_steps + 2),  # + the two ends for the delta
-    Method("occlusion", "Occlusion", _occlusion, lambda spec, model: _occlusion_passes(spec, model.input_size)),
+           lambda spec, model, size: spec.ig_steps + 2),  # + the two ends for the delta
+    Method("occlusion", "Occlusion", _occlusion, lambda spec, model, size: _occlusion_passes(spec, size)),
     Method("guided_backprop", "Guided Backprop", _guided_backprop_map, guided=True, trust=False),
 )}
 

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from . import bounds
 from .contract import CnnvizError, NotFound, Progress, Result, Spec
 from .model import Model
 from .predict import classify
@@ -56,6 +57,9 @@ class TrustSpec(Spec):
     seed: int = 0
 
     def check(self, model) -> "TrustSpec":
+        if isinstance(self.methods, str):
+            raise TrustError(f"Give the methods as a list of names (from {', '.join(trust_methods())}), "
+                             f"not the text {bounds._shown(self.methods)}.")
         methods = tuple(dict.fromkeys(self.methods))
         if not methods:
             raise TrustError("Choose at least one method to check.")
@@ -65,15 +69,19 @@ class TrustSpec(Spec):
             if not METHODS[m].trust:
                 raise TrustError(f"The trust checks do not take {METHODS[m].label}; choose from "
                                  f"{', '.join(trust_methods())}.")
-        if int(self.steps) < 1:
-            raise TrustError(f"steps must be at least 1 (got {self.steps}).")
-        checked = replace(self, methods=methods, target=check_class(model, self.target), steps=int(self.steps),
-                          seed=int(self.seed))
+        steps = bounds.whole(self.steps, "steps", 1, bounds.MAX_TRUST_STEPS, TrustError)
+        checked = replace(self, methods=methods, target=check_class(model, self.target), steps=steps,
+                          seed=bounds.seed(self.seed, TrustError))
         return self if checked == self else checked
 
     def passes(self, model) -> int:
-        maps = sum(METHODS[m].passes(SaliencySpec(m), model) for m in self.methods if m in METHODS)
-        return maps * len(_cuts(randomization_blocks(model), self.steps)) + len(self.methods) + 1
+        """Every method's map (with the target known) at every step of the cascade, a
+        deletion curve per method and for the random order (one batch of
+        `DELETION_STEPS + 1` images each), and the top-1 when `target` is None."""
+        maps = sum(METHODS[m].passes(SaliencySpec(m, target=0), model) for m in self.methods if m in METHODS)
+        steps = min(int(self.steps), bounds.MAX_TRUST_STEPS)
+        return (maps * len(_cuts(randomization_blocks(model), steps))
+                + (len(self.methods) + 1) * (DELETION_STEPS + 1) + (self.target is None))
 
 
 @dataclass

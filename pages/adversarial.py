@@ -5,7 +5,8 @@ from cnnviz import adversarial as A
 from cnnviz import render
 from cnnviz.app import cache
 from cnnviz.app.router import selection
-from cnnviz.app.url import restore
+from cnnviz.app.url import restore, restore_number
+from cnnviz.contract import CnnvizError
 from cnnviz.pixels import from_uint8
 from cnnviz.predict import top_k
 from cnnviz.saliency import SaliencySpec
@@ -24,14 +25,15 @@ st.markdown(
 )
 
 STEP_SIZES = ("auto", "0.25", "0.5", "1", "2", "4")
-restore("adv_method", "attack", lambda v: v in A.ATTACKS)
-restore("adv_eps", "eps", lambda v: 1 <= v <= 32, int)
-restore("adv_steps", "steps", lambda v: 1 <= v <= 100, int)
-restore("adv_step", "step", lambda v: v in STEP_SIZES)
-restore("adv_random", "start", lambda v: v in ("0", "1"))
-restore("adv_seed", "seed", lambda v: 0 <= v < 2**31, int)
-restore("adv_target", "target", lambda v: 0 <= v < n, int)
-restore("adv_sweep_max", "sweep", lambda v: 2 <= v <= 32, int)
+EPS, STEPS, SWEEP, SEEDS = (1, 32), (1, 100), (2, 32), (0, 2**31 - 1)  # the widgets' ranges (the URL's too)
+restore("adv_method", "attack", lambda v: v in A.ATTACKS, why=f"the attacks are {', '.join(A.ATTACKS)}")
+restore_number("adv_eps", "eps", *EPS)
+restore_number("adv_steps", "steps", *STEPS)
+restore("adv_step", "step", lambda v: v in STEP_SIZES, why=f"the step sizes are {', '.join(STEP_SIZES)}")
+restore("adv_random", "start", lambda v: v in ("0", "1"), why="start is 0 or 1 (random start)")
+restore_number("adv_seed", "seed", *SEEDS)
+restore("adv_target", "target", lambda v: 0 <= v < n, int, why=f"{model.label}'s classes are 0 to {n - 1}")
+restore_number("adv_sweep_max", "sweep", *SWEEP)
 for k, v in {"adv_method": "pgd", "adv_eps": 2, "adv_steps": 10, "adv_step": "auto", "adv_random": False,
              "adv_seed": 0, "adv_sweep_max": 16}.items():
     ss.setdefault(k, v)  # defaults here, not in the widgets: the URL may have set them
@@ -48,17 +50,17 @@ def _class_label(i: int) -> str:
 c1, c2, c3, c4 = st.columns([1, 2, 2, 2])
 method = c1.radio("Attack", list(A.ATTACKS), key="adv_method", format_func=lambda m: A.ATTACKS[m].label,
                   help=" ".join(f"{a.label}: {a.help}" for a in A.ATTACKS.values()))
-eps = c2.slider("Budget (L-infinity, in 1/255)", 1, 32, key="adv_eps",
+eps = c2.slider("Budget (L-infinity, in 1/255)", *EPS, key="adv_eps",
                 help="No pixel value changes by more than this many levels out of 255.")
 name = A.ATTACKS[method].label
 pgd = A.ATTACKS[method].iterative
-steps = c3.slider("PGD steps", 1, 100, key="adv_steps", disabled=not pgd)
+steps = c3.slider("PGD steps", *STEPS, key="adv_steps", disabled=not pgd)
 step = c4.select_slider("PGD step size (1/255)", STEP_SIZES, key="adv_step", disabled=not pgd,
                         help="auto: 2.5 x budget / steps. The last quarter of the steps move one level at a "
                              "time on the 8-bit grid, so the saved PNG keeps working.")
 c5, c6, c7 = st.columns([1, 1, 4])
 random_start = c5.toggle("Random start", key="adv_random", disabled=not pgd)
-seed = c6.number_input("Seed", 0, 2**31 - 1, key="adv_seed", help="Random start and the noise control.")
+seed = c6.number_input("Seed", *SEEDS, key="adv_seed", help="Random start and the noise control.")
 targeted = c7.toggle("Targeted: aim at a class of your choice", key="adv_targeted")
 
 label = sel.top(1)[0].index
@@ -93,7 +95,7 @@ try:
                         png=True).check(model)  # FGSM's: no steps, no random start (one cache entry)
     res = cache.run(spec, model, sel.image, sel.image_sha, label=f"{name} at {eps}/255:")
     ctl = cache.run(A.NoiseSpec(float(eps), int(seed)), model, sel.image, sel.image_sha)
-except A.AttackError as e:
+except CnnvizError as e:  # parameters the attack cannot take, or a job over the server's budget
     st.error(str(e))
     st.stop()
 
@@ -160,14 +162,19 @@ with tab_cam:
 with tab_sweep:
     st.caption("The same attack at every budget from 1/255 up, each starting from the previous budget's "
                "image. The dashed line marks the smallest budget that changes the decision.")
-    top = st.slider("Up to (1/255)", 2, 32, key="adv_sweep_max")
+    top = st.slider("Up to (1/255)", *SWEEP, key="adv_sweep_max")
     qp["sweep"] = str(top)
     sweep_spec = spec.sweep(range(1, top + 1))
     key = (model.id, sel.image_sha, sweep_spec.key())
     if st.button("Run the budget sweep", key="adv_sweep_run"):
         ss["adv_sweep"] = key
+    sweep = None
     if ss.get("adv_sweep") == key:
-        sweep = cache.run(sweep_spec, model, sel.image, sel.image_sha, label="Budget sweep:")
+        try:
+            sweep = cache.run(sweep_spec, model, sel.image, sel.image_sha, label="Budget sweep:")
+        except CnnvizError as e:
+            st.error(str(e))
+    if sweep is not None:
         st.plotly_chart(render.budget_figure(sweep, cat[sweep.label], cat[target] if target is not None else None,
                                              float(eps)), key="adv_sweep_chart")
         if sweep.smallest is None:

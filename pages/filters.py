@@ -3,11 +3,11 @@ import streamlit as st
 
 from cnnviz import featurevis as FV
 from cnnviz import filters as Fi
-from cnnviz import jobs, render
+from cnnviz import bounds, jobs, render
 from cnnviz.activations import spatial_layers
 from cnnviz.app import cache
 from cnnviz.app.router import selection
-from cnnviz.app.url import restore
+from cnnviz.app.url import note, restore, restore_number, shown
 from cnnviz.contract import Cancelled, CnnvizError, Progress
 from cnnviz.pixels import png_bytes
 
@@ -27,7 +27,8 @@ VIEWS = {"weights": "Weights", "unit": "What a unit looks for", "gallery": "Gall
 SIZES = (32, 64, 96, 128, 160, 192, 224, 256)
 STEPS = (8, 16, 32, 64, 128, 256, 512, 1024)
 OBJ_LABELS = {"channel": "channel (mean over the map)", "neuron": "centre neuron", "class": "class logit"}
-restore("flt_view", "view", lambda v: v in VIEWS)
+LR, SEEDS = (0.001, 1.0), (0, 2 ** 31 - 1)  # the widgets' ranges (the URL's too)
+restore("flt_view", "view", lambda v: v in VIEWS, why=f"the views are {', '.join(VIEWS)}")
 ss.setdefault("flt_view", "weights")
 view = st.radio("View", list(VIEWS), key="flt_view", format_func=VIEWS.get, horizontal=True,
                 label_visibility="collapsed")
@@ -41,8 +42,8 @@ def _png(rgb) -> bytes:
 
 def weights_view() -> dict:
     convs = Fi.conv_layers(model)
-    restore("flt_conv", "conv", lambda v: v in convs)
-    restore("flt_sort", "sort", lambda v: v in ("norm", "index"))
+    restore("flt_conv", "conv", lambda v: v in convs, why=f"not a convolution of {model.label}")
+    restore("flt_sort", "sort", lambda v: v in ("norm", "index"), why="the orders are norm and index")
     if ss.get("flt_conv") not in convs:
         ss["flt_conv"] = convs[0]
     shapes = {n: tuple(model.layer_modules[n].weight.shape) for n in convs}
@@ -64,7 +65,7 @@ def weights_view() -> dict:
                    "around it (MobileNet's depthwise separable convolution).")
         name = f"depthwise-{conv}.png"
     else:
-        restore("flt_filter", "filter", lambda v: 0 <= v < out, int)
+        restore_number("flt_filter", "filter", 0, out - 1)
         if not 0 <= ss.get("flt_filter", -1) < out:
             ss["flt_filter"] = r.index  # the strongest
         k = int(st.number_input(f"Filter (0 to {out - 1}; the strongest is {r.index})", 0, out - 1,
@@ -86,19 +87,24 @@ def weights_view() -> dict:
 
 # ---------------------------------------------------------------- unit and gallery settings
 
+def _render() -> dict:
+    """The optimization settings in the session (the widgets' or the link's)."""
+    return {"size": int(ss["fv_size"]), "steps": int(ss["fv_steps"]), "lr": float(ss["fv_lr"]), "seed": int(ss["fv_seed"])}
+
+
 def unit_controls(gallery: bool) -> FV.FeatureVisSpec | FV.GallerySpec:
     layers = spatial_layers(model)
     info = {l.name: l for l in model.layers}
     n_classes = len(model.categories)
     objectives = ("channel", "neuron") if gallery else FV.OBJECTIVES
-    restore("fv_layer", "layer", lambda v: v in layers)
-    restore("fv_objective", "objective", lambda v: v in FV.OBJECTIVES)
-    restore("fv_channel", "channel", lambda v: v >= 0, int)
-    restore("fv_size", "size", lambda v: v in SIZES, int)
-    restore("fv_steps", "steps", lambda v: v in STEPS, int)
-    restore("fv_lr", "lr", lambda v: 0 < v <= 1, float)
-    restore("fv_seed", "seed", lambda v: 0 <= v < 2 ** 31, int)
-    restore("fv_n", "n", lambda v: 1 <= v <= 64, int)
+    restore("fv_layer", "layer", lambda v: v in layers, why=f"not a layer of {model.label} with a spatial map")
+    restore("fv_objective", "objective", lambda v: v in objectives, why=f"the objectives here are {', '.join(objectives)}")
+    channel_from_url = restore("fv_channel", "channel", lambda v: v >= 0, int, why="channels count from 0")
+    restore("fv_size", "size", lambda v: v in SIZES, int, why=f"the sizes are {', '.join(map(str, SIZES))} pixels")
+    restore("fv_steps", "steps", lambda v: v in STEPS, int, why=f"the choices are {', '.join(map(str, STEPS))} steps")
+    restore_number("fv_lr", "lr", *LR, integer=False)
+    restore_number("fv_seed", "seed", *SEEDS)
+    restore_number("fv_n", "n", 1, bounds.MAX_GALLERY)
     if ss.get("fv_layer") not in layers:
         ss["fv_layer"] = layers[len(layers) // 2]
     if ss.get("fv_objective") not in objectives:
@@ -109,6 +115,9 @@ def unit_controls(gallery: bool) -> FV.FeatureVisSpec | FV.GallerySpec:
     objective = c3.radio("Maximize", objectives, key="fv_objective", format_func=OBJ_LABELS.get)
     if objective == "class":
         if not 0 <= ss.get("fv_channel", -1) < n_classes:
+            if channel_from_url:
+                note(f"The link's channel={shown(ss['fv_channel'])} is not a class of {model.label} (0 to {n_classes - 1}); "
+                     "showing the top-1 class.")
             ss["fv_channel"] = sel.top(1)[0].index
         c1.selectbox("Class", range(n_classes), key="fv_channel", format_func=lambda i: f"{model.categories[i]} ({i})")
         layer = None
@@ -117,19 +126,28 @@ def unit_controls(gallery: bool) -> FV.FeatureVisSpec | FV.GallerySpec:
                              format_func=lambda n: f"{n} · {info[n].type} · {'x'.join(map(str, info[n].shape))}")
         C = info[layer].shape[0]
         if not 0 <= ss.get("fv_channel", 0) < C:
+            if channel_from_url:
+                note(f"The link's channel={shown(ss['fv_channel'])} is not a channel of {layer} (0 to {C - 1}); showing 0.")
             ss["fv_channel"] = 0
         ss.setdefault("fv_channel", 0)
         if gallery:
-            c2.number_input(f"Channels 0 to n-1 (n up to {min(64, C)})", 1, min(64, C), key="fv_n")
+            # At most the layer's channels, and what one job may run at these steps (bounds.MAX_PASSES).
+            most = min(bounds.MAX_GALLERY, C, bounds.MAX_PASSES // FV.FeatureVisSpec(layer, 0, **_render()).passes(model))
+            if ss["fv_n"] > most:
+                note(f"A gallery of {ss['fv_n']} channels is more than this one can render: {layer} has {C} "
+                     f"channels, and one job runs at most {bounds.MAX_PASSES:,} images through the network "
+                     f"({int(ss['fv_steps']) + 2:,} per channel at {int(ss['fv_steps'])} steps). Rendering {most}.")
+                ss["fv_n"] = most
+            c2.number_input(f"Channels 0 to n-1 (n up to {most})", 1, most, key="fv_n")
         else:
             c2.number_input(f"Channel (0 to {C - 1})", 0, C - 1, key="fv_channel")
     with st.expander("Optimization settings"):
         s1, s2, s3, s4 = st.columns(4)
         s1.select_slider("Image size (pixels)", SIZES, key="fv_size")
         s2.select_slider("Steps", STEPS, key="fv_steps")
-        s3.number_input("Learning rate (Adam)", 0.001, 1.0, key="fv_lr", step=0.01, format="%.3f")
-        s4.number_input("Seed", 0, 2 ** 31 - 1, key="fv_seed", help="Same seed and settings: the same image.")
-    render = {"size": int(ss["fv_size"]), "steps": int(ss["fv_steps"]), "lr": float(ss["fv_lr"]), "seed": int(ss["fv_seed"])}
+        s3.number_input("Learning rate (Adam)", *LR, key="fv_lr", step=0.01, format="%.3f")
+        s4.number_input("Seed", *SEEDS, key="fv_seed", help="Same seed and settings: the same image.")
+    render = _render()
     if gallery:
         return FV.GallerySpec(layer, int(ss["fv_n"]), objective, **render).check(model)
     return FV.FeatureVisSpec(layer, int(ss["fv_channel"]), objective, **render).check(model)

@@ -5,7 +5,8 @@ from cnnviz import models, render
 from cnnviz.app import cache
 from cnnviz.app.clicks import new_click
 from cnnviz.app.router import selection
-from cnnviz.app.url import restore
+from cnnviz.app.url import note, restore, restore_number
+from cnnviz.contract import CnnvizError
 from cnnviz.predict import PredictSpec
 
 sel = selection()
@@ -68,16 +69,22 @@ def _presets(demo: str) -> list[str]:
 
 # ---------------------------------------------------------------- state (URL first)
 
-restore("lim_demo", "demo", lambda v: v in DEMOS)
+# Second models on offer for "Compare" (read before the URL, which may name one).
+others = {e.id: e.label for e in models.catalog() if e.available and e.id != model.id}
+others.setdefault("torchvision:resnet18@random", "ResNet-18, random init (a network that learned nothing)")
+SEEDS = (0, 2**31 - 1)
+
+restore("lim_demo", "demo", lambda v: v in DEMOS, why=f"the demos are {', '.join(DEMOS)}")
 restore("lim_lecture", "lecture", lambda v: True, lambda s: s.lower() in ("1", "true", "on", "yes"))
-restore("lim_seed", "seed", lambda v: 0 <= v < 2**31, int)
-restore("lim_point", "point", lambda v: v >= 0, int)
-restore("lim_values", "values", lambda v: bool(v.strip()))
+restore_number("lim_seed", "seed", *SEEDS)
+restore_number("lim_point", "point", 0, L.MAX_POINTS - 1)
+restore("lim_values", "values", lambda v: bool(v.strip()), why="give values, e.g. 0,15,30 or 0:360:15")
 restore("lim_compare_on", "compare", lambda v: True, lambda s: bool(s))
-restore("lim_compare", "compare", lambda v: bool(v))
+restore("lim_compare", "compare", lambda v: v in others, why=f"the models to compare with are {', '.join(others)}")
 if ss.get("lim_demo") not in DEMOS:
     ss["lim_demo"] = DEMOS[0]
-restore("lim_preset", "preset", lambda v: v in _presets(ss["lim_demo"]))
+restore("lim_preset", "preset", lambda v: v in _presets(ss["lim_demo"]),
+        why=f"the presets of this demo are {', '.join(_presets(ss['lim_demo']))}")
 if ss.get("lim_preset") not in _presets(ss["lim_demo"]):
     ss["lim_preset"] = _presets(ss["lim_demo"])[0]
 ss.setdefault("lim_seed", 0)
@@ -139,10 +146,8 @@ with controls:
     v1.text_input(f"Values ({t.unit})" + ("" if demo == "occlude" else ": a list (0,15,30) or START:STOP:STEP"),
                   key="lim_values", disabled=not custom,
                   help="Choose the 'custom' preset to type your own values.")
-    v2.number_input("Seed", 0, 2**31 - 1, key="lim_seed", disabled=not t.seeded,
+    v2.number_input("Seed", *SEEDS, key="lim_seed", disabled=not t.seeded,
                     help="Noise field and tile order; the same seed gives the same images.")
-    others = {e.id: e.label for e in models.catalog() if e.available and e.id != model.id}
-    others.setdefault("torchvision:resnet18@random", "ResNet-18, random init (a network that learned nothing)")
     if ss.get("lim_compare") not in others:
         ss["lim_compare"] = next(iter(others))
     with v3:
@@ -164,10 +169,17 @@ st.markdown(TEXT[demo])
 # ---------------------------------------------------------------- compute (cached)
 
 def limits(m: models.Model, probs) -> L.Limits:  # the sweep and the smallest flip; probs: predict's, if known
-    return cache.run(L.LimitsSpec(demo, values, seed, probs=probs), m, sel.image, sel.image_sha, label=f"{m.label}:")
+    fitted, clamped = L.fit_values(demo, values, tuple(m.input_size))  # within the server's bounds, said
+    if clamped:
+        note(f"{m.label}: {clamped}")
+    return cache.run(L.LimitsSpec(demo, fitted, seed, probs=probs), m, sel.image, sel.image_sha, label=f"{m.label}:")
 
 
-sw, flip = (res := limits(model, sel.probs)).sweep, res.flip
+try:
+    sw, flip = (res := limits(model, sel.probs)).sweep, res.flip
+except CnnvizError as e:  # beyond a bound of the server: said, and nothing else to show
+    st.error(str(e))
+    st.stop()
 other = other_sw = other_flip = None
 if comparing:
     try:
@@ -175,8 +187,12 @@ if comparing:
     except models.ModelError as e:
         st.error(str(e))
 if other is not None:
-    o = limits(other, cache.run(PredictSpec(), other, sel.image, sel.image_sha).probs)
-    other_sw, other_flip = o.sweep, o.flip
+    try:
+        o = limits(other, cache.run(PredictSpec(), other, sel.image, sel.image_sha).probs)
+        other_sw, other_flip = o.sweep, o.flip
+    except CnnvizError as e:
+        st.error(str(e))
+        other = None
 
 n = len(sw.points)
 if not 0 <= ss.get("lim_point", 0) < n:

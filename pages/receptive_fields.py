@@ -10,7 +10,8 @@ from cnnviz import render
 from cnnviz.app import cache
 from cnnviz.app.clicks import new_click
 from cnnviz.app.router import selection
-from cnnviz.app.url import restore
+from cnnviz.app.url import note, restore, shown
+from cnnviz.contract import CnnvizError
 from cnnviz.pixels import png_bytes
 
 sel = selection()
@@ -29,7 +30,7 @@ st.markdown(
 
 try:
     table = cache.run(R.TableSpec(), model, label="Tracing the network:")
-except R.RFError as e:
+except CnnvizError as e:
     st.error(str(e))
     st.stop()
 named = table.spatial
@@ -41,10 +42,9 @@ if not names:
 
 # ---------------------------------------------------------------- state (URL first)
 
-restore("rf_layer", "layer", lambda v: v in named)
-restore("rf_y", "y", lambda v: v >= 0, int)
-restore("rf_x", "x", lambda v: v >= 0, int)
-restore("rf_channel", "channel", lambda v: v >= 0, int)
+restore("rf_layer", "layer", lambda v: v in named, why=f"not a layer of {model.label} with a spatial map")
+from_url = {k: restore(f"rf_{k}", k, lambda v: v >= 0, int, why="rows, columns and channels count from 0")
+            for k in ("y", "x", "channel")}
 if ss.get("rf_layer") not in named:
     ss["rf_layer"] = table.default_layer()
 
@@ -64,8 +64,14 @@ for chart in ("rf_map", "rf_image"):
 
 row = named[ss["rf_layer"]]
 C, H, W = row.shape
-ss["rf_y"], ss["rf_x"] = table.place(ss["rf_layer"], ss.get("rf_y"), ss.get("rf_x"))
+asked = (ss.get("rf_y"), ss.get("rf_x"))
+ss["rf_y"], ss["rf_x"] = table.place(ss["rf_layer"], *asked)
+for k, was, now in (("y", asked[0], ss["rf_y"]), ("x", asked[1], ss["rf_x"])):
+    if from_url[k] and was != now:
+        note(f"The link's {k}={shown(was)} is outside {ss['rf_layer']}'s {H}x{W} map; showing the centre, {k}={now}.")
 if not 0 <= ss.get("rf_channel", 0) < C:
+    if from_url["channel"]:
+        note(f"The link's channel={shown(ss['rf_channel'])} is not a channel of {ss['rf_layer']} (0 to {C - 1}); showing 0.")
     ss["rf_channel"] = 0
 ss.setdefault("rf_channel", 0)
 
@@ -138,7 +144,7 @@ with tab_unit:
     try:
         field = cache.run(R.EffectiveSpec(layer, i, j, channel), model, sel.image, sel.image_sha,
                           label="Effective field:")
-    except R.RFError as e:
+    except CnnvizError as e:
         error = str(e)
     eff = field.effective
     canvas, margin = field.canvas(R.backdrop(model, sel.image))
@@ -178,7 +184,7 @@ with tab_avg:
     if ss.get("rf_avg_request") == request:
         try:
             avg = cache.run(R.AverageSpec(layer, i, j, channel, source, n), model, label="Averaging:")
-        except R.RFError as e:
+        except CnnvizError as e:
             st.error(str(e))
         else:
             avg_canvas, avg_margin = avg.canvas(R.backdrop(model, sel.image, source))

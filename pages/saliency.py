@@ -9,6 +9,7 @@ from cnnviz import trust
 from cnnviz.app import cache
 from cnnviz.app.router import selection
 from cnnviz.app.url import restore
+from cnnviz.contract import CnnvizError
 
 M = S.METHODS
 sel = selection()
@@ -26,10 +27,11 @@ top5 = sel.top(5)
 n = len(model.categories)
 
 
-restore("sal_method", "method", lambda v: v in M)
-restore("sal_target", "target", lambda v: 0 <= v < n, int)
-restore("sal_contrast", "contrast", lambda v: 0 <= v < n, int)
-restore("sal_layer", "layer", lambda v: v in S.cam_layers(model))
+classes = f"{model.label}'s classes are 0 to {n - 1}"
+restore("sal_method", "method", lambda v: v in M, why=f"the methods are {', '.join(M)}")
+restore("sal_target", "target", lambda v: 0 <= v < n, int, why=classes)
+restore("sal_contrast", "contrast", lambda v: 0 <= v < n, int, why=classes)
+restore("sal_layer", "layer", lambda v: v in S.cam_layers(model), why=f"not a layer of {model.label} with a spatial map")
 if ss.get("sal_target") is None or not 0 <= ss["sal_target"] < n:
     ss["sal_target"] = top5[0].index
 layers = S.cam_layers(model)
@@ -91,7 +93,7 @@ if tab_one.open:
             with st.spinner(f"Computing {M[method].label}..."):
                 att = cache.run(S.SaliencySpec(method, target, layer, contrast), model, sel.image, sel.image_sha,
                                 label=f"{M[method].label}:")
-        except S.SaliencyError as e:
+        except CnnvizError as e:  # a method this model cannot take, or a job over the server's budget
             st.warning(str(e))
             att = None
         if att is not None:
@@ -127,7 +129,7 @@ if tab_grid.open:
                                               contrast)
                         a = cache.run(spec, model, sel.image, sel.image_sha, label=f"{M[m].label}:")
                         st.image(render.overlay(base, a.map, opacity, cmap), caption=M[m].label, width="stretch")
-                    except S.SaliencyError:
+                    except CnnvizError:
                         st.caption(f"{M[m].label}: not valid for this model (see the Map tab)")
                 bar.progress((i + 1) / len(chosen), text=f"{i + 1} of {len(chosen)} methods")
             bar.empty()
@@ -156,7 +158,10 @@ if tab_trust.open:
         spec = trust.TrustSpec(tuple(checked), target)
         key = (model.id, sel.image_sha, spec.key())
         if st.button("Run the checks", key="sal_trust_run", disabled=not checked):
-            ss["sal_trust"] = (key, cache.run(spec, model, sel.image, sel.image_sha, label="Trust checks:"))
+            try:
+                ss["sal_trust"] = (key, cache.run(spec, model, sel.image, sel.image_sha, label="Trust checks:"))
+            except CnnvizError as e:
+                st.error(str(e))
         if ss.get("sal_trust") and ss["sal_trust"][0] == key:
             report = ss["sal_trust"][1]
             rand = {"steps": report.steps, "correlation": {_label(m): v for m, v in report.correlation.items()}}

@@ -324,7 +324,8 @@ def test_natural_spec_records_the_samples_and_the_upload(bundled, natural):
     np.testing.assert_array_equal(nat.maps, natural.maps)
     np.testing.assert_array_equal(nat.pixels, natural.pixels)
     assert FV.run(bundled, None, FV.NaturalSpec(LAYER)).maps is nat.maps  # one recording per layer
-    assert FV.NaturalSpec(LAYER).passes(bundled) == 2 and FV.NaturalSpec(LAYER, "x").passes(bundled) == 2
+    n = len(FV.sample_images())  # images through the network (issue #14: these were batches, 2)
+    assert FV.NaturalSpec(LAYER).passes(bundled) == n and FV.NaturalSpec(LAYER, "x").passes(bundled) == n + 1
     red = Image.new("RGB", (300, 200), (250, 10, 10))
     up = FV.run(bundled, red, FV.NaturalSpec(LAYER, "upload: red.png"))
     assert up.names == natural.names + ["upload: red.png"] and up.maps.shape[0] == len(natural.names) + 1
