@@ -3,10 +3,15 @@
 One entry point, `run(model, image, spec)`:
 
 - `ActivationsSpec(layers)`: one forward pass recording the chosen layers (call names,
-  `_swish#1` for a shared module's second call), or every layer with a spatial output.
-  The `Activations` result holds the maps (about 75 MB for all layers of the bundled
-  model: the page keeps it in a shared read-only cache) and derives from them, once
-  each, the channel statistics, the depth summary and the mosaics.
+  `_swish#1` for a shared module's second call), or every layer with a spatial output;
+  with chosen layers the pass stops at the last of them. The `Activations` result holds
+  the maps and derives from them, once each, the channel statistics and the mosaics.
+- `DepthSpec()`: the depth summary (per spatial layer: mean, fraction of zeros, shape)
+  from one pass that reduces every output inside its hook and keeps none.
+  The Activations page asks for the layer it shows (`ActivationsSpec((layer,))`: one map,
+  at most 4.8 MB for the bundled model, where all of its maps take about 75 MB) and, in
+  its own tab, for the depth summary (a few KB per image). Another layer is another
+  short job, cached by its spec.
 - `LayersSpec()`: the inspectable layers in execution order (`python -m cnnviz layers`).
 
 `check_layer` / `find_layer` are the one layer-name check (cnnviz.receptive,
@@ -19,10 +24,11 @@ import threading
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .contract import NotFound, Progress, Result, Spec
-from .hooks import record
+from .hooks import record, record_reduced
 from .model import LayerInfo, Model
 
 SORTS = ("mean", "max", "sparsity")
@@ -63,10 +69,34 @@ def check_layer(model: Model, layer: str, *, spatial: bool = True) -> str:
 
 def compute(model: Model, image: Image.Image, layers: list[str] | None = None) -> dict[str, np.ndarray]:
     """One forward pass; {layer call name: float32 [C, H, W]} for spatial layers
-    (all of them when `layers` is None). `image`: PIL or [1, 3, H, W] pixels in [0, 1]."""
+    (all of them when `layers` is None). `image`: PIL or [1, 3, H, W] pixels in [0, 1].
+    With `layers` the pass stops at the last of them (the rest of the network is not run)."""
     wanted = spatial_layers(model) if layers is None else [check_layer(model, l) for l in layers]
-    _, outs = record(model, model.preprocess(image), wanted)
+    _, outs = record(model, model.preprocess(image), wanted, stop=layers is not None)
     return {n: outs[n][0].numpy() for n in wanted}
+
+
+def _reduce(out: torch.Tensor) -> tuple:
+    """What the depth summary needs of one output [1, C, H, W], reduced inside the
+    recorder's hook (the map itself is then freed): its sum, its number of non-zero values
+    (numpy's compare-and-count: torch's count_nonzero is several times slower on CPU), its
+    shape [C, H, W]."""
+    return out.sum(), int(np.count_nonzero(out.numpy() != 0)), tuple(out.shape[1:])
+
+
+def depth_rows(model: Model, image) -> list[dict]:
+    """One forward pass, no map kept: per spatial layer, in execution order, the mean
+    activation, the fraction of zeros, channels and spatial size (as `depth_summary`)."""
+    names = spatial_layers(model)
+    _, reduced = record_reduced(model, model.preprocess(image), _reduce, names)
+    reduced = {n: reduced[n] for n in names if n in reduced}
+    sums = torch.stack([r[0] for r in reduced.values()]).tolist() if reduced else []
+    rows = []
+    for (name, (_, nonzero, shape)), total in zip(reduced.items(), sums):
+        n = max(int(np.prod(shape)), 1)
+        rows.append({"layer": name, "mean": total / n, "zeros": (n - nonzero) / n,
+                     "channels": shape[0], "height": shape[1], "width": shape[2]})
+    return rows
 
 
 def block_of(name: str) -> str:
@@ -207,8 +237,8 @@ class Memo:
 
 @dataclass(frozen=True)
 class ActivationsSpec(Spec):
-    """Record `layers` (call names with a spatial output) in one forward pass; None:
-    every spatial layer."""
+    """Record `layers` (call names with a spatial output) in one forward pass, which stops
+    at the last of them; None: every spatial layer (all maps: ~75 MB on the bundled model)."""
 
     layers: tuple[str, ...] | None = None
 
@@ -227,12 +257,14 @@ class Activations(Result):
     the page and the CLI read from them. Read-only: sessions share it."""
 
     maps: dict[str, np.ndarray] = field(repr=False)
-    # Stats and channel means of every layer (small); the last mosaics (up to 1.2 MB each).
+    # Stats and channel means of the recorded layers (small); the last two mosaics (the
+    # view shown and the one before it, up to 1.2 MB each).
     memo: Memo = field(default_factory=lambda: Memo(1024), repr=False, compare=False)
-    mosaics: Memo = field(default_factory=lambda: Memo(16), repr=False, compare=False)
+    mosaics: Memo = field(default_factory=lambda: Memo(2), repr=False, compare=False)
 
     @property
     def layers(self) -> list[str]:
+        """The layers whose full maps were kept."""
         return list(self.maps)
 
     @property
@@ -243,7 +275,8 @@ class Activations(Result):
         return self.memo.get(("stats", layer), lambda: ChannelStats.of(self.maps[layer]))
 
     def depth_summary(self) -> list[dict]:
-        """Per layer: mean activation, fraction of zeros, channels and spatial size."""
+        """Per recorded layer: mean activation, fraction of zeros, channels and spatial size
+        (for every layer without keeping their maps: `DepthSpec`)."""
         return self.memo.get("depth", lambda: depth_summary(self.maps))
 
     def mosaic(self, layer: str, sort: str = "mean", scale: str = "global") -> tuple[np.ndarray, "Grid"]:
@@ -273,6 +306,24 @@ class Activations(Result):
 
 
 @dataclass(frozen=True)
+class DepthSpec(Spec):
+    """The depth summary of every spatial layer, from one forward pass that reduces each
+    output inside its hook (sum and count of zeros) and keeps no map."""
+
+
+@dataclass
+class Depth(Result):
+    rows: list[dict]  # per spatial layer, execution order: layer, mean, zeros, channels, height, width
+
+    @property
+    def layers(self) -> list[str]:
+        return [r["layer"] for r in self.rows]
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "layers": self.rows, "seconds": self.seconds}
+
+
+@dataclass(frozen=True)
 class LayersSpec(Spec):
     """The inspectable layers in execution order, one entry per call, with output shapes
     (one probe pass on a blank input at the model's input size)."""
@@ -289,17 +340,20 @@ class Layers(Result):
                            for l in self.layers], "seconds": self.seconds}
 
 
-def run(model: Model, image, spec: ActivationsSpec | LayersSpec = ActivationsSpec(), *,
-        progress: Progress | None = None) -> Activations | Layers:
-    """`ActivationsSpec`: one forward pass on `image` (PIL, or [1, 3, H, W] pixels in
-    [0, 1]); `LayersSpec`: the layer list (`image` unused)."""
+def run(model: Model, image, spec: ActivationsSpec | DepthSpec | LayersSpec = ActivationsSpec(), *,
+        progress: Progress | None = None) -> Activations | Depth | Layers:
+    """`ActivationsSpec`, `DepthSpec`: one forward pass on `image` (PIL, or [1, 3, H, W]
+    pixels in [0, 1]); `LayersSpec`: the layer list (`image` unused)."""
     progress = Progress.of(progress)
     spec = spec.check(model)
     if isinstance(spec, LayersSpec):
         return Layers(tuple(model.input_size), model.probe_layers())
-    if not isinstance(spec, ActivationsSpec):
+    if not isinstance(spec, (ActivationsSpec, DepthSpec)):
         raise TypeError(f"cnnviz.activations cannot run {type(spec).__name__}")
     progress(0.0, "one forward pass")
-    maps = compute(model, image, None if spec.layers is None else list(spec.layers))
+    if isinstance(spec, DepthSpec):
+        result = Depth(depth_rows(model, image))
+    else:
+        result = Activations(compute(model, image, None if spec.layers is None else list(spec.layers)))
     progress(1.0, "one forward pass")
-    return Activations(maps)
+    return result

@@ -3,6 +3,9 @@
 `Recorder` records the output of every call of the chosen layers. A module that runs
 several times in one pass (EfficientNet-Lite's shared ReLU6) yields `name`,
 `name#1`, `name#2`, ... in call order. Handles are removed on exit, also on error.
+A recorder can instead reduce each output inside its hook (`reduce`: a few numbers per
+layer, so the pass keeps no map alive: `record_reduced`), and `record(..., stop=True)`
+ends the pass as soon as every wanted call is recorded.
 The caller holds the model's lock (the job runner does), so concurrent sessions never
 mix. This module imports no other part of cnnviz: `Model` is taken by its attributes.
 """
@@ -59,9 +62,18 @@ class Recorder(contextlib.AbstractContextManager):
     leaf that needs a gradient is an error). Run the pass under
     `torch.no_grad()`, not inference mode: inference tensors have no version counter.
     After the block, `outputs` maps call names, in execution order, to tensors.
+
+    `reduce` (with `detach=True`): a function of one output, called inside the hook for
+    every recorded call; its values go to `reduced` (in execution order) and the output
+    itself is not kept, so the pass frees each map as a plain forward does (and may run
+    in inference mode). It runs before any later op can change the output in place.
+    `stop=True` (given `layers`, without `reduce`): once every wanted call is recorded,
+    the hook raises `Enough` to end the pass there (`record` catches it; a model's own
+    `except Exception` does not).
     """
 
-    def __init__(self, model, layers=None, *, detach: bool = True, leaf: bool = False):
+    def __init__(self, model, layers=None, *, detach: bool = True, leaf: bool = False,
+                 reduce=None, stop: bool = False):
         """`model`: a `cnnviz.model.Model` or a bare `nn.Module`."""
         is_module = isinstance(model, nn.Module)
         self.net = model if is_module else model.net
@@ -85,6 +97,12 @@ class Recorder(contextlib.AbstractContextManager):
         self.leaf = leaf and not detach
         self.copy: set[str] = set() if is_module else model.mutated_layers
         self.outputs: dict[str, torch.Tensor] = {}
+        self.reduce = reduce if detach else None
+        self.reduced: dict[str, object] = {}
+        # Stop only when the wanted calls are known and every one of them is kept.
+        self._stop_at = None
+        if stop and layers is not None and self.reduce is None:
+            self._stop_at = sum(len(c) for c in self._wanted.values())
         self._versions: dict[str, int] = {}
         self._calls: dict[str, int] = {}
         self._handles: list = []
@@ -111,6 +129,7 @@ class Recorder(contextlib.AbstractContextManager):
     def reset(self) -> None:
         """Forget what was recorded (before another forward pass in the same block)."""
         self.outputs.clear()
+        self.reduced.clear()
         self._versions.clear()
         self._calls.clear()
 
@@ -122,6 +141,7 @@ class Recorder(contextlib.AbstractContextManager):
         wanted = self._wanted[name]
 
         calls, outputs, versions = self._calls, self.outputs, self._versions
+        reduce, reduced, stop_at = self.reduce, self.reduced, self._stop_at
 
         def hook(module, inputs, output):  # runs ~130 times a pass: kept lean
             k = calls.get(name, 0)
@@ -129,6 +149,9 @@ class Recorder(contextlib.AbstractContextManager):
             if not isinstance(output, torch.Tensor) or (wanted is not None and k not in wanted):
                 return
             cn = f"{name}#{k}" if k else name
+            if reduce is not None:
+                reduced[cn] = reduce(output.detach() if output.requires_grad else output)
+                return
             if not self.detach:
                 if self.leaf and not output.requires_grad:
                     output.requires_grad_(True)
@@ -138,19 +161,48 @@ class Recorder(contextlib.AbstractContextManager):
             else:
                 outputs[cn] = output.detach() if output.requires_grad else output
                 versions[cn] = output._version
+            if stop_at is not None and len(outputs) == stop_at:
+                raise Enough
         return hook
 
 
-def record(model, x: torch.Tensor, layers=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One forward pass of `model.net` on `x`; returns (logits, {call name: output})."""
-    with Recorder(model, layers) as rec, torch.no_grad():
-        logits = model.net(x)
+class Enough(BaseException):
+    """Raised by a `stop=True` recorder's hook when every wanted call is recorded: the
+    rest of the pass is not needed. A BaseException, so a model's own `except Exception`
+    does not swallow it."""
+
+
+def record(model, x: torch.Tensor, layers=None, *, stop: bool = False
+           ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """One forward pass of `model.net` on `x`; returns (logits, {call name: output}).
+    `stop=True` (with `layers`): the pass ends at the last wanted call; logits are None."""
+    rec = Recorder(model, layers, stop=stop)
+    with rec, torch.no_grad():
+        logits = _forward(rec, x)
         changed = rec.mutated()
         if changed:  # learnt once per model (the first pass, at load); then copied
             model.mutated_layers.update(changed)
             rec.reset()
-            logits = model.net(x)
+            logits = _forward(rec, x)
     return logits, rec.outputs
+
+
+def record_reduced(model, x: torch.Tensor, reduce, layers=None) -> tuple[torch.Tensor, dict[str, object]]:
+    """One forward pass of `model.net` on `x` in which every recorded call (`layers`,
+    None: all) is reduced inside its hook by `reduce(output)` and no output is kept, so
+    the pass needs no more memory than a plain one; in inference mode, as nothing
+    recorded can be changed in place afterwards. Returns (logits, {call name: value})."""
+    rec = Recorder(model, layers, reduce=reduce)
+    with rec, torch.inference_mode():
+        logits = rec.net(x)
+    return logits, rec.reduced
+
+
+def _forward(rec: Recorder, x: torch.Tensor) -> torch.Tensor | None:
+    try:
+        return rec.net(x)
+    except Enough:  # a stop=True recorder has all it wanted
+        return None
 
 
 _ACTIVATIONS = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "silu", "gelu", "hardswish", "leaky_relu",

@@ -26,22 +26,24 @@ st.markdown(
     "what they answer to moves from edges and colours to parts and whole objects."
 )
 
-rec = cache.run_shared(A.ActivationsSpec(), model, sel.image, sel.image_sha, label="Recording every layer:")
-acts, names = rec.maps, rec.layers
+# The layer list comes from the model (probed once at load). A recording keeps only the
+# layer on screen (one short job per layer, cached by its spec; the pass stops there);
+# the depth summary is its own job, reduced inside the hooks, when its tab is open.
+names = A.spatial_layers(model)
 info = {l.name: l for l in model.layers}
+shapes = {n: info[n].shape for n in names}  # [C, H, W] per layer
 
 
 # ---------------------------------------------------------------- state (URL first)
 
-restore("act_layer", "layer", lambda v: v in acts)
+restore("act_layer", "layer", lambda v: v in shapes)
 restore("act_sort", "sort", lambda v: v in A.SORTS)
 restore("act_scale", "scale", lambda v: v in A.SCALES)
 restore("act_channel", "channel", lambda v: v >= 0, int)
-if ss.get("act_layer") not in acts:  # first visit, or a model without that layer
+if ss.get("act_layer") not in shapes:  # first visit, or a model without that layer
     ss["act_layer"] = names[0]
 ss["act_depth"] = names.index(ss["act_layer"]) + 1
-layer_acts = acts[ss["act_layer"]]
-C = layer_acts.shape[0]
+C = shapes[ss["act_layer"]][0]
 if not 0 <= ss.get("act_channel", 0) < C:
     ss["act_channel"] = 0
 ss.setdefault("act_channel", 0)
@@ -64,14 +66,13 @@ def _on_layer() -> None:
 
 
 def _label(name: str) -> str:
-    c, h, w = acts[name].shape
+    c, h, w = shapes[name]
     return f"{names.index(name) + 1}. {name} · {info[name].type} · {c}x{h}x{w}"
 
 
-if (name := new_click("act_depth_chart")) in acts:
+if (name := new_click("act_depth_chart")) in shapes:
     _set_layer(name)
-    layer_acts = acts[name]
-    C = layer_acts.shape[0]
+    C = shapes[name][0]
     ss["act_channel"] = min(ss["act_channel"], C - 1)
 if (ch := new_click("act_mosaic")) is not None and 0 <= int(ch) < C:
     ss["act_channel"] = int(ch)
@@ -90,6 +91,8 @@ st.slider("Depth: focus the slider and use the arrow keys to walk through the ne
           key="act_depth", on_change=_on_depth)
 
 layer = ss["act_layer"]
+rec = cache.run_shared(A.ActivationsSpec((layer,)), model, sel.image, sel.image_sha, label="Recording the layer:")
+layer_acts = rec.maps[layer]
 stats = rec.stats(layer)
 c1, c2, c3 = st.columns(3)
 c1.radio("Sort channels by", A.SORTS, key="act_sort", horizontal=True,
@@ -101,95 +104,103 @@ c3.number_input(f"Channel (0 to {C - 1})", 0, C - 1, key="act_channel")
 channel = int(ss["act_channel"])
 qp.update({"layer": layer, "channel": str(channel), "sort": ss["act_sort"], "scale": ss["act_scale"]})
 
-tab_channels, tab_depth, tab_compare = st.tabs(["Channels", "Depth summary", "Compare two images"])
+# Lazy and bound to the URL (`act_view`): only the open tab builds its figures, and the
+# compare tab records the second image only when it is open.
+tab_channels, tab_depth, tab_compare = st.tabs(["Channels", "Depth summary", "Compare two images"],
+                                              key="act_view", bind="query-params")
 
 # ---------------------------------------------------------------- mosaic + detail
 
-with tab_channels:
-    rgb, grid = rec.mosaic(layer, ss["act_sort"], ss["act_scale"])
-    c, h, w = layer_acts.shape
-    st.caption(
-        f"**{layer}** ({info[layer].type}): {c} maps of {h}x{w}, sorted by {ss['act_sort']}; "
-        f"white = strong. Click a tile to enlarge it."
-        + (f" Tiles are shown at {grid.tile_h}x{grid.tile_w} (block-averaged)." if grid.tile_h < h else "")
-    )
-    mosaic_col, top_col = st.columns([3, 1])
-    with mosaic_col:
-        st.plotly_chart(render.mosaic_figure(rgb, grid, stats, channel), key="act_mosaic", on_select="rerun",
-                        selection_mode="points", config={"displaylogo": False, "toImageButtonOptions": {"filename": f"mosaic-{layer}"}})
-    with top_col:
-        st.markdown("**Strongest channels** (by mean)")
-        top = stats.order("mean")[:10]
-        st.dataframe({"channel": top, "mean": stats.mean[top].round(4), "max": stats.max[top].round(4)},
-                     hide_index=True, width="stretch")
-        st.download_button("Mosaic (PNG)", png_bytes(rgb), f"mosaic-{layer}.png", "image/png", width="stretch")
-        npy = io.BytesIO()
-        np.save(npy, layer_acts)
-        st.download_button("Activations (.npy)", npy.getvalue(), f"activations-{layer}.npy",
-                           "application/octet-stream", width="stretch", help=f"float32 array {list(layer_acts.shape)}")
+if tab_channels.open:
+    with tab_channels:
+        rgb, grid = rec.mosaic(layer, ss["act_sort"], ss["act_scale"])
+        c, h, w = layer_acts.shape
+        st.caption(
+            f"**{layer}** ({info[layer].type}): {c} maps of {h}x{w}, sorted by {ss['act_sort']}; "
+            f"white = strong. Click a tile to enlarge it."
+            + (f" Tiles are shown at {grid.tile_h}x{grid.tile_w} (block-averaged)." if grid.tile_h < h else "")
+        )
+        mosaic_col, top_col = st.columns([3, 1])
+        with mosaic_col:
+            st.plotly_chart(render.mosaic_figure(rgb, grid, stats, channel), key="act_mosaic", on_select="rerun",
+                            selection_mode="points", config={"displaylogo": False, "toImageButtonOptions": {"filename": f"mosaic-{layer}"}})
+        with top_col:
+            st.markdown("**Strongest channels** (by mean)")
+            top = stats.order("mean")[:10]
+            st.dataframe({"channel": top, "mean": stats.mean[top].round(4), "max": stats.max[top].round(4)},
+                         hide_index=True, width="stretch")
+            st.download_button("Mosaic (PNG)", png_bytes(rgb), f"mosaic-{layer}.png", "image/png", width="stretch")
+            npy = io.BytesIO()
+            np.save(npy, layer_acts)
+            st.download_button("Activations (.npy)", npy.getvalue(), f"activations-{layer}.npy",
+                               "application/octet-stream", width="stretch", help=f"float32 array {list(layer_acts.shape)}")
 
-    st.subheader(f"Channel {channel}")
-    m = layer_acts[channel]
-    if stats.max[channel] == stats.min[channel]:
-        st.info(f"Channel {channel} is constant ({stats.max[channel]:.3g}) on this image: nothing here excites it.")
-    s1, s2, s3, s4 = st.columns(4)
-    s1.metric("mean", f"{stats.mean[channel]:.4g}")
-    s2.metric("max", f"{stats.max[channel]:.4g}")
-    s3.metric("min", f"{stats.min[channel]:.4g}")
-    s4.metric("zeros", f"{stats.zeros[channel]:.1%}")
-    d1, d2, d3 = st.columns(3)
-    with d1:
-        st.plotly_chart(render.map_heatmap(m, f"{h}x{w} map"), key="act_map")
-    with d2:
-        opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.6, 0.05, key="act_opacity")
-        st.image(render.overlay(model.input_image(sel.image), m, opacity),
-                 caption="Upsampled to the network's input and laid over it", width="stretch")
-    with d3:
-        st.plotly_chart(render.histogram(m, f"channel {channel} values"), key="act_hist")
+        st.subheader(f"Channel {channel}")
+        m = layer_acts[channel]
+        if stats.max[channel] == stats.min[channel]:
+            st.info(f"Channel {channel} is constant ({stats.max[channel]:.3g}) on this image: nothing here excites it.")
+        s1, s2, s3, s4 = st.columns(4)
+        s1.metric("mean", f"{stats.mean[channel]:.4g}")
+        s2.metric("max", f"{stats.max[channel]:.4g}")
+        s3.metric("min", f"{stats.min[channel]:.4g}")
+        s4.metric("zeros", f"{stats.zeros[channel]:.1%}")
+        d1, d2, d3 = st.columns(3)
+        with d1:
+            st.plotly_chart(render.map_heatmap(m, f"{h}x{w} map"), key="act_map")
+        with d2:
+            opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.6, 0.05, key="act_opacity")
+            st.image(render.overlay(model.input_image(sel.image), m, opacity),
+                     caption="Upsampled to the network's input and laid over it", width="stretch")
+        with d3:
+            st.plotly_chart(render.histogram(m, f"channel {channel} values"), key="act_hist")
 
 # ---------------------------------------------------------------- depth summary
 
-with tab_depth:
-    st.caption("One point per layer. Watch the maps shrink (stride, pooling) while the channels "
-               "multiply, and how many values the ReLUs set to zero. Click a point to open that layer.")
-    st.plotly_chart(render.depth_figure(rec.depth_summary(), layer), key="act_depth_chart", on_select="rerun",
-                    selection_mode="points")
+if tab_depth.open:
+    with tab_depth:
+        st.caption("One point per layer. Watch the maps shrink (stride, pooling) while the channels "
+                   "multiply, and how many values the ReLUs set to zero. Click a point to open that layer.")
+        depth = cache.run(A.DepthSpec(), model, sel.image, sel.image_sha, label="Summarizing every layer:")
+        st.plotly_chart(render.depth_figure(depth.rows, layer), key="act_depth_chart", on_select="rerun",
+                        selection_mode="points")
 
 # ---------------------------------------------------------------- compare
 
-with tab_compare:
-    second = st.file_uploader("A second image of your own (optional)", type=IMAGE_TYPES, key="act_upload",
-                              max_upload_size=50)
-    upload_b = None
-    if second is not None:
-        try:
-            data_b = second.getvalue()
-            upload_b = (cache.image(cache.sha(data_b), data_b, second.name), cache.sha(data_b), second.name)
-        except ImageError as e:
-            st.error(str(e))
-    choices = (["upload"] if upload_b else []) + ["mirror"] + [
-        n for n in sample_paths() if n != (ss.get("image") or {}).get("sample")]
-    if second is not None and upload_b and ss.get("act_upload_seen") != second.file_id:
-        ss["act_upload_seen"], ss["act_other"] = second.file_id, "upload"  # a new upload is meant to be used
-    if ss.get("act_other") not in choices:
-        ss["act_other"] = choices[0]
-    other = st.selectbox("Second image", choices, key="act_other",
-                         format_func=lambda n: {"mirror": "the same image, mirrored (handedness)",
-                                                "upload": f"your upload: {second.name if second else ''}"}.get(n, f"sample: {n}"))
-    if other == "upload":
-        image_b, sha_b, label_b = upload_b
-    elif other == "mirror":
-        image_b, sha_b, label_b = ImageOps.mirror(sel.image), sel.image_sha + ":mirror", "mirrored"
-    else:
-        data = sample_paths()[other].read_bytes()
-        sha_b = cache.sha(data)
-        image_b, label_b = cache.image(sha_b, data, other), other
-    acts_b = cache.run_shared(A.ActivationsSpec(), model, image_b, sha_b, label="Recording every layer:").maps[layer]
-    a_map, b_map = layer_acts[channel], acts_b[channel]
-    lo, hi = float(min(a_map.min(), b_map.min())), float(max(a_map.max(), b_map.max()))
-    x1, x2 = st.columns(2)
-    x1.plotly_chart(render.map_heatmap(a_map, f"channel {channel}: this image", lo, hi), key="act_cmp_a")
-    x2.plotly_chart(render.map_heatmap(b_map, f"channel {channel}: {label_b}", lo, hi), key="act_cmp_b")
-    ranked = A.compare(layer_acts, acts_b)
-    st.markdown(f"**Channels of {layer} that change most** (mean activation, {label_b} minus this image)")
-    st.plotly_chart(render.diff_bars(ranked, 20, ("this image", label_b)), key="act_cmp_bars")
+if tab_compare.open:
+    with tab_compare:
+        second = st.file_uploader("A second image of your own (optional)", type=IMAGE_TYPES, key="act_upload",
+                                  max_upload_size=50)
+        upload_b = None
+        if second is not None:
+            try:
+                data_b = second.getvalue()
+                upload_b = (cache.image(cache.sha(data_b), data_b, second.name), cache.sha(data_b), second.name)
+            except ImageError as e:
+                st.error(str(e))
+        choices = (["upload"] if upload_b else []) + ["mirror"] + [
+            n for n in sample_paths() if n != (ss.get("image") or {}).get("sample")]
+        if second is not None and upload_b and ss.get("act_upload_seen") != second.file_id:
+            ss["act_upload_seen"], ss["act_other"] = second.file_id, "upload"  # a new upload is meant to be used
+        if ss.get("act_other") not in choices:
+            ss["act_other"] = choices[0]
+        other = st.selectbox("Second image", choices, key="act_other",
+                             format_func=lambda n: {"mirror": "the same image, mirrored (handedness)",
+                                                    "upload": f"your upload: {second.name if second else ''}"}.get(n, f"sample: {n}"))
+        if other == "upload":
+            image_b, sha_b, label_b = upload_b
+        elif other == "mirror":
+            image_b, sha_b, label_b = ImageOps.mirror(sel.image), sel.image_sha + ":mirror", "mirrored"
+        else:
+            data = sample_paths()[other].read_bytes()
+            sha_b = cache.sha(data)
+            image_b, label_b = cache.image(sha_b, data, other), other
+        acts_b = cache.run_shared(A.ActivationsSpec((layer,)), model, image_b, sha_b,
+                                  label="Recording the layer on the second image:").maps[layer]
+        a_map, b_map = layer_acts[channel], acts_b[channel]
+        lo, hi = float(min(a_map.min(), b_map.min())), float(max(a_map.max(), b_map.max()))
+        x1, x2 = st.columns(2)
+        x1.plotly_chart(render.map_heatmap(a_map, f"channel {channel}: this image", lo, hi), key="act_cmp_a")
+        x2.plotly_chart(render.map_heatmap(b_map, f"channel {channel}: {label_b}", lo, hi), key="act_cmp_b")
+        ranked = A.compare(layer_acts, acts_b)
+        st.markdown(f"**Channels of {layer} that change most** (mean activation, {label_b} minus this image)")
+        st.plotly_chart(render.diff_bars(ranked, 20, ("this image", label_b)), key="act_cmp_bars")

@@ -132,7 +132,7 @@ def _numbers(eff) -> None:
 
 
 with tab_unit:
-    rec = cache.run_shared(A.ActivationsSpec(), model, sel.image, sel.image_sha, label="Recording every layer:")
+    rec = cache.run_shared(A.ActivationsSpec((layer,)), model, sel.image, sel.image_sha, label="Recording the layer:")
     m = rec.channel_map(layer, channel)
     left, right = st.columns(2)
     with left:

@@ -185,3 +185,72 @@ def test_one_layer_name_check_for_every_analysis(bundled):
         A.check_layer(bundled, "_fcc", spatial=False)
     assert A.check_layer(bundled, "_fc", spatial=False) == "_fc"
     assert issubclass(R.UnknownLayer, A.LayerNotFound) and issubclass(R.UnknownLayer, R.RFError)
+
+
+# ---------------------------------------------------------------- issue #14: keep only what a view shows
+
+def _array_bytes(obj, seen=None) -> int:
+    """Bytes of every numpy array / tensor reachable from `obj` (dataclass fields, memos,
+    dicts, lists, tuples)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_array_bytes(k, seen) + _array_bytes(v, seen) for k, v in obj.items())
+    if isinstance(obj, (list, tuple, set)):
+        return sum(_array_bytes(v, seen) for v in obj)
+    if hasattr(obj, "__dict__"):
+        return _array_bytes(vars(obj), seen)
+    return 0
+
+
+def test_a_layer_recording_keeps_that_layers_map_only_and_stays_under_10_mb(bundled, cat):
+    from cnnviz import jobs
+
+    widest = max(A.spatial_layers(bundled), key=lambda n: np.prod(next(l.shape for l in bundled.layers if l.name == n)))
+    res = jobs.run(bundled, cat, A.ActivationsSpec((widest,)))
+    assert list(res.maps) == [widest] and res.maps[widest].shape == (96, 112, 112)
+    for sort in A.SORTS:  # every view the page can ask of it
+        for scale in A.SCALES:
+            res.mosaic(widest, sort, scale)
+    res.channel_map(widest)
+    res.to_dict()
+    held = _array_bytes(res)
+    assert res.nbytes <= held <= 10 * 2**20, held / 2**20  # one cached image's worth, all views included
+
+
+def test_a_layer_recording_stops_the_pass_at_that_layer(bundled, cat):
+    seen = []
+    handle = bundled.net._fc.register_forward_hook(lambda *a: seen.append(1))
+    try:
+        stem = A.compute(bundled, cat, ["_conv_stem"])["_conv_stem"]
+        assert seen == []  # the head never ran
+        A.compute(bundled, cat)
+        assert seen == [1]
+    finally:
+        handle.remove()
+    assert np.array_equal(stem, independent(bundled, cat, ["_conv_stem"])["_conv_stem"])
+    assert all(not m._forward_hooks for m in bundled.net.modules())
+
+
+def test_depth_summary_is_reduced_inside_the_hooks(bundled, cat):
+    import pickle
+
+    from cnnviz import jobs
+
+    res = jobs.run(bundled, cat, A.DepthSpec())
+    want = A.depth_summary(A.compute(bundled, cat))  # from all ~75 MB of maps
+    assert res.layers == A.spatial_layers(bundled) == [r["layer"] for r in want]
+    for got, ref in zip(res.rows, want):
+        assert got["zeros"] == pytest.approx(ref["zeros"], abs=1e-12), got["layer"]
+        assert got["mean"] == pytest.approx(ref["mean"], rel=1e-4, abs=1e-6), got["layer"]
+        assert (got["channels"], got["height"], got["width"]) == (ref["channels"], ref["height"], ref["width"])
+    assert _array_bytes(res) == 0 and len(pickle.dumps(res)) < 100_000  # rows only, no map
+    d = res.to_dict()
+    assert set(d) == {"model", "layers", "seconds"} and d["layers"] == res.rows
+    assert all(not m._forward_hooks for m in bundled.net.modules())

@@ -82,8 +82,15 @@ def test_query_params_open_a_view():
     assert at.radio(key="act_sort").value == "max" and at.radio(key="act_scale").value == "channel"
 
 
+def open_tab(at, label: str):
+    """The page's tabs are lazy (bound to `act_view`): only the open one computes."""
+    at.session_state["act_view"] = label
+    return at.run()
+
+
 def test_compare_modes(page, bundled, samples):
     page.selectbox(key="act_layer").set_value("_blocks.10._swish").run()
+    open_tab(page, "Compare two images")
     assert page.selectbox(key="act_other").value == "mirror"
     assert not page.exception
     page.selectbox(key="act_other").set_value("coffee").run()
@@ -96,7 +103,7 @@ def test_compare_modes(page, bundled, samples):
     assert any(f"ch {top} " in spec for spec in charts)
 
 
-def test_view_changes_run_no_forward_pass(page):
+def test_view_changes_run_no_forward_pass(page, bundled):
     from cnnviz import models
     from cnnviz.app import cache
 
@@ -107,14 +114,20 @@ def test_view_changes_run_no_forward_pass(page):
         page.radio(key="act_sort").set_value("sparsity").run()
         page.radio(key="act_scale").set_value("channel").run()
         page.slider(key="act_opacity").set_value(0.3).run()
-        page.selectbox(key="act_layer").set_value("_blocks.5._bn2").run()
         assert not page.exception
         assert calls == []
+        # A recording keeps only the layer on screen: a new layer is one more (partial)
+        # pass, and a layer seen before is a cache hit.
+        page.selectbox(key="act_layer").set_value("_blocks.5._bn2").run()
+        assert not page.exception and len(calls) == 1
+        page.selectbox(key="act_layer").set_value(A.spatial_layers(bundled)[0]).run()
+        assert len(calls) == 1
     finally:
         handle.remove()
 
 
 def test_compare_with_a_second_upload(page, bundled, samples):
+    open_tab(page, "Compare two images")
     data = samples["rocket"].read_bytes()
     page.file_uploader(key="act_upload").set_value(("mine.jpg", data, "image/jpeg")).run()
     assert not page.exception and page.selectbox(key="act_other").value == "upload"
@@ -124,3 +137,36 @@ def test_compare_with_a_second_upload(page, bundled, samples):
     assert not page.exception
     assert any("bad.jpg is not an image" in e.value for e in page.main.error)
     assert page.selectbox(key="act_other").value == "mirror"
+
+
+def test_the_page_records_only_the_layer_it_shows(page, bundled, monkeypatch):
+    """Issue #14: the page's recording keeps one full map (the layer on screen), not all
+    132 of them (~75 MB per image); the depth summary comes from its own job, which keeps
+    none, and only when its tab is open."""
+    from cnnviz import jobs
+
+    ran = []
+    real = jobs.RUNNER.run
+
+    def spy(model, image, spec, **kw):
+        result = real(model, image, spec, **kw)
+        ran.append((spec, result))
+        return result
+
+    monkeypatch.setattr(jobs.RUNNER, "run", spy)
+    layer = "_blocks.7._expand_conv"  # not opened by another test: no cache hit
+    page.selectbox(key="act_layer").set_value(layer).run()
+    assert not page.exception
+    recordings = [(s, r) for s, r in ran if isinstance(s, A.ActivationsSpec)]
+    assert [s.layers for s, _ in recordings] == [(layer,)]
+    result = recordings[0][1]
+    assert list(result.maps) == [layer]
+    shape = next(l.shape for l in bundled.layers if l.name == layer)
+    assert result.nbytes == 4 * int(np.prod(shape)) < 10 * 2**20
+    assert not any(isinstance(s, A.DepthSpec) for s, _ in ran)  # its tab is closed
+    open_tab(page, "Depth summary")
+    assert not page.exception
+    depth = [r for s, r in ran if isinstance(s, A.DepthSpec)]
+    assert len(depth) <= 1  # none if an earlier test cached it
+    charts = [c.proto.spec for c in page.main.get("plotly_chart")]
+    assert any("fraction of zeros" in c for c in charts)

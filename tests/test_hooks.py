@@ -126,3 +126,44 @@ def test_layer_modules_keep_padded_convs_whole():
     mods = layer_modules(net)
     assert "_conv_stem" in mods and "_conv_stem.static_padding" not in mods
     assert not any(".static_padding" in n for n in mods)
+
+
+def test_reducing_recorder_keeps_no_output_and_leaves_no_hook(bundled):
+    from cnnviz.hooks import record_reduced
+
+    x = torch.randn(1, 3, 224, 224)
+    _, full = record(bundled, x)
+    kept = []
+
+    def reduce(out):
+        kept.append(out)  # only to check what the hook sees; the recorder keeps nothing
+        return float(out.sum())
+
+    logits, reduced = record_reduced(bundled, x, reduce)
+    assert list(reduced) == list(full) and no_hooks(bundled.net)
+    assert reduced["_swish#1"] == pytest.approx(float(full["_swish#1"].sum()), rel=1e-5)
+    assert logits.shape == (1, 1000)
+
+
+def test_stop_ends_the_pass_at_the_last_wanted_call_even_through_except_exception():
+    from torch import nn
+
+    class Careless(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)
+            self.ran_c = 0
+
+        def forward(self, x):
+            try:
+                x = self.b(self.a(x))
+            except Exception:  # a model's own handler must not swallow the stop
+                raise AssertionError("swallowed")
+            self.ran_c += 1
+            return self.c(x)
+
+    net = Careless().eval()
+    logits, outs = record(net, torch.randn(1, 3, 16, 16), ["a", "b"], stop=True)
+    assert logits is None and list(outs) == ["a", "b"] and net.ran_c == 0 and no_hooks(net)
+    logits, outs = record(net, torch.randn(1, 3, 16, 16), ["a"])
+    assert logits is not None and net.ran_c == 1
