@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
-from . import contract, pixels
+from . import bounds, contract, pixels
 from .activations import GAP_RGB, Grid, mosaic
 from .contract import CnnvizError, NotFound, closest
 from .model import Model
@@ -156,8 +156,12 @@ class FiltersSpec(contract.Spec):
         if self.sort not in ORDERS:
             raise FilterError(f"Unknown order {self.sort!r}; use one of {', '.join(ORDERS)}.")
         f = of(model, self.layer)
-        if f.kind == "channels" and self.index is not None and not 0 <= self.index < len(f.weights):
-            raise FilterError(f"{f.layer} has filters 0 to {len(f.weights) - 1}; {self.index} does not exist.")
+        if f.kind == "channels" and self.index is not None:
+            try:
+                bounds.whole(self.index, "", 0, len(f.weights) - 1, FilterError)
+            except FilterError:
+                raise FilterError(f"{f.layer} has filters 0 to {len(f.weights) - 1}; {bounds._shown(self.index)} does "
+                                  "not exist.") from None
         return self
 
 

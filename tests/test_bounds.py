@@ -16,6 +16,7 @@ import torch
 from cnnviz import adversarial as A
 from cnnviz import bounds, jobs
 from cnnviz import featurevis as FV
+from cnnviz import filters as Fi
 from cnnviz import limits as L
 from cnnviz import receptive as R
 from cnnviz import saliency as S
@@ -208,6 +209,7 @@ SPECS = {
     "trust seed": lambda v: T.TrustSpec(seed=v),
     "trust target": lambda v: T.TrustSpec(target=v),
     "topk": lambda v: PredictSpec(v),
+    "filter index": lambda v: Fi.FiltersSpec(SMALL_LAYER, index=v),
 }
 
 
@@ -254,6 +256,21 @@ def test_typed_values_are_refused_with_their_message(text, words):
         L.parse_values("rotate", text)
     with pytest.raises(A.AttackError):
         A.parse_budgets(text)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["limits", "{cat}", "--transform", "rotate", "--values", "0:inf:1"], "inf is not a finite number"),
+    (["limits", "{cat}", "--transform", "occlude", "--values", "1"], "use a patch of 22 pixels or more"),
+    (["attack", "{cat}", "--steps", "5000"], "at most 1,000"),
+    (["sweep", "{cat}", "--budgets", "1:255:1", "--steps", "1000"], "255,256 images through the network"),
+])
+def test_the_cli_refuses_beyond_the_bounds_with_one_line(capsys, samples, argv, words):
+    """Exit 2 and one line (the OverflowError was an internal error, exit 1; the others ran)."""
+    from cnnviz.cli import main
+
+    assert main([a.replace("{cat}", str(samples["cat"])) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0] and err[0].startswith("cnnviz: error:"), err
 
 
 # ---------------------------------------------------------------- occlusion: positions bounded
@@ -336,10 +353,10 @@ def test_adversarial_link_beyond_the_sliders_is_clamped_and_said(bundled):
     _no_failure(at)
     said = _infos(at)
     assert "steps='5000'; this page takes a whole number from 1 to 100, so 100 is used" in said
-    assert "sweep='1'; this page takes a whole number from 2 to 32, so 2 is used" in said
-    assert "seed='-4'" in said and "so 0 is used" in said
+    assert "sweep='1' is not used: give a whole number from 2 to 32; the page shows its default" in said
+    assert "seed='-4' is not used" in said
     assert "eps='1e309' is not used" in said and "start='maybe' is not used" in said
-    assert at.slider(key="adv_steps").value == 100 and at.slider(key="adv_sweep_max").value == 2
+    assert at.slider(key="adv_steps").value == 100 and at.slider(key="adv_sweep_max").value == 16  # the default
     assert at.slider(key="adv_eps").value == 2  # the default
     # The backend still refuses beyond its own bounds, whatever a page lets through.
     with pytest.raises(A.AttackError, match="at most 1,000"):
@@ -355,10 +372,10 @@ def test_filters_gallery_link_is_clamped_to_the_layer_and_the_budget(bundled):
     said = _infos(at)
     assert "steps='5000' is not used: the choices are 8, 16, 32, 64, 128, 256, 512, 1024 steps" in said
     assert "size='9999' is not used: the sizes are 32, 64" in said
-    assert "lr='0.00001'; this page takes a number from 0.001 to 1, so 0.001 is used" in said
+    assert "lr='0.00001' is not used: give a number from 0.001 to 1" in said
     assert "seed='1e309' is not used" in said
     assert f"A gallery of 64 channels is more than this one can render: {SMALL_LAYER} has 16 channels" in said
-    assert at.number_input(key="fv_n").value == 16 and at.number_input(key="fv_lr").value == 0.001
+    assert at.number_input(key="fv_n").value == 16 and at.number_input(key="fv_lr").value == 0.05
     at = apptest.open_page("filters.py", sample="cat", view="gallery", layer=FV_LAYER, n="64", steps="1024")
     _no_failure(at)
     assert "one job runs at most 20,000 images through the network (1,026 per channel at 1024 steps). " \
@@ -369,10 +386,11 @@ def test_filters_gallery_link_is_clamped_to_the_layer_and_the_budget(bundled):
         jobs.check_budget(bundled, None, FV.GallerySpec(FV_LAYER, 64, steps=1024).check(bundled))
 
 
-def test_filters_unit_link_below_the_learning_rate_widget():
-    at = apptest.open_page("filters.py", sample="cat", view="unit", layer=FV_LAYER, channel="999", lr="0.00001")
+def test_filters_unit_link_beyond_the_widgets():
+    at = apptest.open_page("filters.py", sample="cat", view="unit", layer=FV_LAYER, channel="999", lr="7")
     _no_failure(at)
-    assert at.number_input(key="fv_lr").value == 0.001
+    assert at.number_input(key="fv_lr").value == 1.0 and "lr='7'; this page takes a number from 0.001 to 1, so 1 is used" \
+        in _infos(at)
     assert "channel=999 is not a channel of _blocks.3._swish#1 (0 to 143); showing 0" in _infos(at)
 
 

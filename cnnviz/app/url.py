@@ -2,9 +2,11 @@
 
 A link can hold anything (a typo, a hand-edited number, a value from another model). On
 the run that reads it, a page takes what its widgets can show: a number for a slider or
-a number input is clamped into the widget's range (`restore_number`), a choice must be
-one of the widget's options (`restore`), and whatever is changed or left out is said in
-one `st.info` line (what the link asked, what is used).
+a number input above the widget's range is clamped to its maximum, the most the page
+offers (`restore_number`: a link cannot start a longer job than the widget can); one below
+it, or not a finite number, is left out (the page's default); a choice must be one of the
+widget's options (`restore`). Whatever is changed or left out is said in one `st.info`
+line (what the link asked, what is used).
 The backend bounds (`cnnviz.bounds`, the job runner) hold whatever a page lets through.
 """
 from __future__ import annotations
@@ -77,18 +79,19 @@ def number(text, integer: bool = True):
 
 def restore_number(key: str, param: str, lo, hi, *, integer: bool = True) -> bool:
     """On a page's first run, take widget `key`'s value from URL `param` as a number in
-    the widget's range [lo, hi]: outside it, the nearest end is used and the page says
-    so; what is not a finite number is left out (and said). Returns whether the link's
-    value was taken (clamped or not)."""
+    the widget's range [lo, hi]: above it, `hi` is used (a fraction for a whole number is
+    rounded); below it, or not a finite number, it is left out for the page's default.
+    Either way the page says so. Returns whether the link's value was taken."""
     raw = _fresh(key, param)
     if raw is _BAD:
         return False
     value = number(raw, integer)
     kind = "a whole number" if integer else "a number"
-    if value is None:
-        note(f"The link's {param}={shown(raw)} is not used: give {kind} from {_fmt(lo)} to {_fmt(hi)}.")
+    if value is None or value < lo:
+        note(f"The link's {param}={shown(raw)} is not used: give {kind} from {_fmt(lo)} to {_fmt(hi)}; the page "
+             "shows its default.")
         return False
-    used = min(max(value, lo), hi)
+    used = min(value, hi)
     given = number(raw, integer=False)  # before rounding to a whole number
     if used != value or (given is not None and given != value):
         note(f"The link asks for {param}={shown(raw)}; this page takes {kind} from {_fmt(lo)} to {_fmt(hi)}, "
