@@ -132,7 +132,8 @@ st.caption(
     + " All images are the network's 8-bit input (resized and cropped), so what you see is what it classifies."
 )
 
-tab_png, tab_cam, tab_sweep = st.tabs(["Download (8-bit PNG)", "Where the decision moved", "Budget sweep"])
+tab_png, tab_cam, tab_sweep = st.tabs(["Download (8-bit PNG)", "Where the decision moved", "Budget sweep"],
+                                       key="adv_view")  # keyed: a rerun keeps the open tab
 
 with tab_png:
     got = f"{cat[int(res.png_probs.argmax())]} ({res.png_probs.max():.1%})"
