@@ -37,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from tests.idle import wait_idle  # noqa: E402  (the browser tests' own wait)
 
 from common import report  # noqa: E402
 
@@ -92,24 +93,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.log.close()
-
-
-def wait_idle(page, timeout: float = 60.0, calm: float = 0.5) -> None:
-    """Until no script run is going on for `calm` seconds (the root's script state)."""
-    deadline = time.time() + timeout
-    since = None
-    while True:
-        state = page.evaluate("() => document.querySelector('[data-testid=\"stApp\"]')?.dataset.testScriptState")
-        now = time.time()
-        if state != "notRunning":
-            since = None
-        elif since is None:
-            since = now
-        elif now - since >= calm:
-            return
-        if now > deadline:
-            raise TimeoutError(f"still running after {timeout:.0f} s (script state {state!r})")
-        page.wait_for_timeout(100)
 
 
 def upload_image(k: int, folder: Path) -> Path:

@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from .conftest import ROOT, free_port
+from .idle import wait_idle  # noqa: F401 (re-exported for the test modules)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -75,26 +76,3 @@ def sidebar_says(page):
 
 def image_input(page):
     return page.locator(".st-key-upload").get_by_test_id("stFileUploaderDropzoneInput")
-
-
-def wait_idle(page, timeout: float = 120.0, calm: float = 0.5):
-    """Wait until no script run is going on. Streamlit marks its root element with
-    `data-test-script-state` ("running" during a run, "notRunning" after it); the status
-    widget is not drawn with `toolbarMode = "minimal"`. The state must hold for `calm`
-    seconds, so a rerun that a click has just asked for is not missed."""
-    deadline = time.time() + timeout
-    since = None
-    while True:
-        state = page.evaluate("() => document.querySelector('[data-testid=\"stApp\"]')?.dataset.testScriptState")
-        now = time.time()
-        if state != "notRunning":
-            since = None
-        elif since is None:
-            since = now
-        elif now - since >= calm:
-            return
-        if now > deadline:
-            raise AssertionError(f"the app was still running after {timeout:.0f} s (script state {state!r})")
-        page.wait_for_timeout(100)
-
-
