@@ -132,8 +132,9 @@ st.caption(
     + " All images are the network's 8-bit input (resized and cropped), so what you see is what it classifies."
 )
 
+# Tracked tabs (key + on_change): the server knows the open tab, so the sweep button's rerun keeps it open.
 tab_png, tab_cam, tab_sweep = st.tabs(["Download (8-bit PNG)", "Where the decision moved", "Budget sweep"],
-                                       key="adv_view")  # keyed: a rerun keeps the open tab
+                                       key="adv_view", on_change="rerun")
 
 with tab_png:
     got = f"{cat[int(res.png_probs.argmax())]} ({res.png_probs.max():.1%})"
