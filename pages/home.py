@@ -1,7 +1,29 @@
+import io
+
 import streamlit as st
 
 from cnnviz.app.router import selection
 from cnnviz.render import topk_bar
+
+# px: st.image resizes anything wider than 2 x 730 px on every call; a larger photo is
+# reduced to fit once, here.
+DISPLAY_SIDE = 1460
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _display_jpeg(image_sha: str, _image) -> bytes:
+    """The picture as shown on Home, JPEG-encoded once per image (st.image of the PIL
+    image converted and re-encoded it on every rerun of every session). A photo larger
+    than DISPLAY_SIDE is box-reduced by a whole factor (fast; a resampling resize cost
+    more than the encode)."""
+    im = _image
+    factor = -(-max(im.size) // DISPLAY_SIDE)
+    if factor > 1:
+        im = im.reduce(factor)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
 
 sel = selection()
 model = sel.model
@@ -15,7 +37,8 @@ st.markdown(
 
 left, right = st.columns([2, 3])
 with left:
-    st.image(sel.image, caption=f"{sel.image_name} ({sel.image.width}x{sel.image.height})", width="stretch")
+    st.image(_display_jpeg(sel.image_sha, sel.image), caption=f"{sel.image_name} ({sel.image.width}x{sel.image.height})",
+             width="stretch")
 with right:
     st.subheader("Top-5 classes")
     st.plotly_chart(topk_bar(sel.top(5)), key="top5", config={"displaylogo": False})
