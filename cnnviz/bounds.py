@@ -99,6 +99,7 @@ RESULT_BYTES = 512 * MiB  # analysis results (pickled, copied per read): hundred
 SHARED_RESULT_BYTES = 512 * MiB  # large read-only results (layer recordings): about 6 of ~75 MB
 IMAGE_CACHE_BYTES = 256 * MiB  # decoded images: two at the 40-megapixel limit (120 MB each), or many photos
 THUMBNAIL_BYTES = 16 * MiB  # the sample picker's JPEG thumbnails (~5 KB each)
+DISPLAY_BYTES = 32 * MiB  # Home's JPEG of the current picture (at most 1460 px a side: ~0.1-0.5 MB each)
 MODELS = 3  # zoo and bundled models kept loaded: three of the largest (VGG-16, 528 MB) are 1.6 GB
 MODEL_BYTES = 2 * 2 ** 30  # ... and never more than this in all (a model above it is used, not kept)
 OWN_MODELS = 4  # uploaded checkpoints kept for their sessions (one copy per file, whoever loaded it)

@@ -86,10 +86,13 @@ def analysis_of(spec: Spec):
 
 class Runner:
     """Runs analyses for one process. `heavy_slots` jobs of many passes at once, each
-    with `heavy_threads` torch threads (defaults fit the machine's cores)."""
+    with `heavy_threads` torch threads (defaults fit the machine's cores). `short_threads`:
+    torch threads of a short job (None: torch's default, every core; the server sets 1)."""
 
-    def __init__(self, heavy_slots: int | None = None, heavy_threads: int | None = None):
+    def __init__(self, heavy_slots: int | None = None, heavy_threads: int | None = None,
+                 short_threads: int | None = None):
         cores = os.cpu_count() or 1
+        self.short_threads = short_threads
         self.heavy_slots = heavy_slots or max(1, cores // 4)
         # Leave a core to the short jobs of every other session.
         self.heavy_threads = heavy_threads or max(1, (cores - 1) // self.heavy_slots)
@@ -106,7 +109,8 @@ class Runner:
         n = check_budget(model, image, spec)  # before anything runs
         analysis = analysis_of(spec)
         if n <= SHORT_PASSES:
-            with model.lock:
+            threads = torch_threads(self.short_threads) if self.short_threads else contextlib.nullcontext()
+            with model.lock, threads:
                 t = time.perf_counter()
                 result = analysis.run(model, image, spec, progress=progress)
         else:

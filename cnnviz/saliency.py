@@ -16,7 +16,8 @@ spec's fields as arguments (Captum's uniform signature, mirrored).
   come from Captum, run on the pixel-space network ([0, 1] inputs). Guided Grad-CAM is
   Captum's Guided Backprop times our upsampled Grad-CAM (Captum's GuidedGradCam cannot
   name one call of a shared module).
-- Integrated Gradients' and SmoothGrad's many gradient passes run on `Model.fast_net`
+- Integrated Gradients' and SmoothGrad's many gradient passes, and Score-CAM's masked
+  passes, run on `Model.fast_net`
   (BatchNorm folded into the convolutions: the same function to float rounding, faster
   per pass); IG's convergence delta and the target's probability come from `pixel_net`.
 - A target "A rather than B" (`contrast`) attributes the logit difference A - B.
@@ -362,32 +363,35 @@ def _gradcampp(model, score, x, layer, batch_size, progress=None) -> np.ndarray:
     return F.relu((weights[:, None, None] * act).sum(0)).numpy()
 
 
-def _scorecam(model, score, x, layer, batch_size, progress: Progress) -> np.ndarray:
+def _scorecam(model, x, score, spec, progress, exact) -> _Maps:
     """Wang et al. 2020: each channel, upsampled and min-max normalized, masks the input;
     the masked inputs' scores, softmaxed over channels, weight the channels.
 
     A constant channel (most of a ReLU layer's) normalizes to an all-zero mask, so all
     of them share one pass on the blank input: the same numbers for far fewer passes.
-    Masks are made a batch at a time, so memory stays flat for 1280 channels.
+    Masks are made a batch at a time, so memory stays flat for 1280 channels. The masked
+    passes need no hooks: they run on the folded network (`_fast`), like IG's.
     """
-    with Recorder(model, [layer]) as rec, torch.no_grad():
+    with Recorder(model, [spec.layer]) as rec, torch.no_grad():
         score(x)
-    act = rec.outputs[layer][0]
+    act = rec.outputs[spec.layer][0]
     flat = act.flatten(1)
     varying = (flat.amax(1) > flat.amin(1)).nonzero()[:, 0]
     scores = torch.empty(len(act))
+    masked, n, b = _fast(model, score, exact), len(varying), spec.batch_size
     with torch.no_grad():
-        scores[:] = score(torch.zeros_like(x))[0, 0]
-        for i in range(0, len(varying), batch_size):
-            progress(i / max(1, len(varying)), f"{i} of {len(varying)} channels")
-            idx = varying[i: i + batch_size]
+        scores[:] = masked(torch.zeros_like(x))[0, 0]
+        for i in range(0, n, b):
+            progress(i / max(1, n), f"{i} of {n} channels")
+            idx = varying[i: i + b]
             # align_corners=True, as the Score-CAM reference code (pytorch-grad-cam) upsamples
             up = F.interpolate(act[idx][None], size=x.shape[-2:], mode="bilinear", align_corners=True)[0]
             lo, hi = up.amin((1, 2), keepdim=True), up.amax((1, 2), keepdim=True)
-            scores[idx] = score(x * ((up - lo) / (hi - lo + EPS))[:, None])[:, 0]
-        progress(1.0, f"{len(varying)} of {len(varying)} channels")
+            scores[idx] = masked(x * ((up - lo) / (hi - lo + EPS))[:, None])[:, 0]
+        progress(1.0, f"{n} of {n} channels")
     weights = torch.softmax(scores, 0)
-    return F.relu((weights[:, None, None] * act).sum(0)).numpy()
+    layer_map = F.relu((weights[:, None, None] * act).sum(0)).numpy()
+    return _Maps(upsample(layer_map, x.shape[-2:]), layer_map)
 
 
 def gradcam_sweep(model: Model, image: Image.Image | torch.Tensor, target: int | None = None,
@@ -428,8 +432,9 @@ def _guided_gradcam(model, x, score, spec, progress, exact) -> _Maps:
 
 # ---------------------------------------------------------------- Captum
 # Passes go through `score` (pixel_net; a first pass on the image gives the target's
-# probability), except IG's and SmoothGrad's many gradient passes: those go through `_fast`
-# (the folded network). Multi-pass methods count their images into `progress`.
+# probability), except IG's and SmoothGrad's many gradient passes (and Score-CAM's masked
+# passes): those go through `_fast` (the folded network). Multi-pass methods count their
+# images into `progress`.
 
 def _fast(model, score: _Score, exact: bool) -> _Score:
     return _Score(model.pixel_net if exact else model.fast_net, score.target, score.contrast, score.counter)
@@ -494,7 +499,7 @@ def _guided_backprop(score, x) -> np.ndarray:
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("gradcam", "Grad-CAM", _cam(_gradcam), takes_layer=True),
     Method("gradcampp", "Grad-CAM++", _cam(_gradcampp), takes_layer=True),
-    Method("scorecam", "Score-CAM (slow: one pass per channel)", _cam(_scorecam), _scorecam_passes,
+    Method("scorecam", "Score-CAM (slow: one pass per channel)", _scorecam, _scorecam_passes,
            takes_layer=True, trust=False),
     Method("guided_gradcam", "Guided Grad-CAM", _guided_gradcam, lambda spec, model, size: 2, takes_layer=True,
            guided=True, trust=False),

@@ -1,5 +1,6 @@
 import streamlit as st
 
+from cnnviz.app import cache
 from cnnviz.app.router import selection
 from cnnviz.render import topk_bar
 
@@ -15,7 +16,8 @@ st.markdown(
 
 left, right = st.columns([2, 3])
 with left:
-    st.image(sel.image, caption=f"{sel.image_name} ({sel.image.width}x{sel.image.height})", width="stretch")
+    st.image(cache.display_jpeg(sel.image_sha, sel.image), caption=f"{sel.image_name} ({sel.image.width}x{sel.image.height})",
+             width="stretch")
 with right:
     st.subheader("Top-5 classes")
     st.plotly_chart(topk_bar(sel.top(5)), key="top5", config={"displaylogo": False})

@@ -33,6 +33,7 @@ RESULTS = LRU(bounds.RESULT_BYTES, 256, size=len, name="results")  # pickled: th
 SHARED = LRU(bounds.SHARED_RESULT_BYTES, 8, weak=True, name="shared results")
 IMAGES = LRU(bounds.IMAGE_CACHE_BYTES, 16, weak=True, name="images")
 THUMBNAILS = LRU(bounds.THUMBNAIL_BYTES, size=len, name="thumbnails")
+DISPLAYED = LRU(bounds.DISPLAY_BYTES, size=len, name="displayed pictures")
 MODELS = LRU(bounds.MODEL_BYTES, bounds.MODELS, weak=True, name="models")
 OWN_MODELS = LRU(bounds.OWN_MODEL_BYTES, bounds.OWN_MODELS, weak=True, name="own models")
 
@@ -107,7 +108,7 @@ def run_shared(spec: Spec, model: models.Model, image: Image.Image | None = None
 
 def clear() -> None:
     """Forget every result, image and model (tests)."""
-    for store in (RESULTS, SHARED, IMAGES, THUMBNAILS, MODELS, OWN_MODELS):
+    for store in (RESULTS, SHARED, IMAGES, THUMBNAILS, DISPLAYED, MODELS, OWN_MODELS):
         store.clear()
 
 
@@ -174,6 +175,21 @@ def thumbnail(path: str, size: int = 128) -> bytes:
         return buf.getvalue()
 
     return THUMBNAILS.get_or_make((path, size), make)
+
+
+def display_jpeg(sha: str, image: Image.Image, side: int = 1460) -> bytes:
+    """The picture as a page shows it, JPEG-encoded once per image (st.image of the PIL
+    image converts and re-encodes it on every rerun of every session). st.image resizes
+    anything wider than 2 x 730 px on every call, so a larger photo is box-reduced by a
+    whole factor first (fast; a resampling resize cost more than the encode)."""
+    def make() -> bytes:
+        factor = -(-max(image.size) // side)
+        im = image.reduce(factor) if factor > 1 else image
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, "JPEG", quality=85)
+        return buf.getvalue()
+
+    return DISPLAYED.get_or_make((sha, side), make)
 
 
 def sha(data: bytes) -> str:
