@@ -90,12 +90,17 @@ class Progress:
         if self._stop.is_set():
             raise Cancelled()
 
+    def twin(self, report: Report) -> "Progress":
+        """A Progress that reports to `report` instead and shares this one's stop (for a
+        job on another thread: a stop from either side reaches it within one batch)."""
+        other = Progress(report)
+        other._stop = self._stop
+        return other
+
     def part(self, lo: float, hi: float, prefix: str = "") -> "Progress":
         """The same job's progress, with fractions mapped into [lo, hi] (a step of a job
         made of steps); stopping either stops both."""
-        sub = Progress(lambda f, text, preview: self(lo + (hi - lo) * f, prefix + text, preview))
-        sub._stop = self._stop
-        return sub
+        return self.twin(lambda f, text, preview: self(lo + (hi - lo) * f, prefix + text, preview))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,11 @@
   their own modules and lock over the shared weights, so no other session waits for
   them. At most `heavy_slots` run at once in the process (others queue, and see their
   place in the queue through `progress`), each with `heavy_threads` torch threads, so
-  two jobs do not oversubscribe the cores and short jobs keep a core.
+  two jobs do not oversubscribe the cores and short jobs keep a core. Each runs on a
+  thread of its own at a lower OS priority (`HEAVY_NICE`, Linux): when the cores are
+  contended, the clicks of other sessions (and, on a lecturer's laptop, the browsers)
+  go first; on an idle machine it changes nothing. The caller's thread relays the
+  job's progress (so the page draws it) and its stop requests.
 
 The runner fills in the result's `model` and `seconds` (compute only, not queueing).
 A `Progress` that is stopped makes the job raise `Cancelled` within one batch.
@@ -33,6 +37,7 @@ import torch
 from . import bounds
 from .contract import CnnvizError, Progress, Result, Spec
 
+HEAVY_NICE = 10  # a heavy job's thread: CFS weight 110 against 1024, ~10% of a contended core
 SHORT_PASSES = 4  # images: a prediction (1), a Grad-CAM (1, or 2 finding the top-1), one recording
 
 
@@ -76,6 +81,55 @@ def torch_threads(n: int):
         torch.set_num_threads(old)
 
 
+def in_background(job, progress: Progress, threads: int, nice: int):
+    """`job(p)` on a new thread with `threads` torch threads and `nice` added to its OS
+    priority (Linux: each thread is its own task; the thread ends with the job, so the
+    priority, which only root could raise again, goes with it). This thread waits,
+    passing the job's reports to `progress` (a page draws them here, where its script
+    runs). The job shares `progress`'s stop; any exception this thread gets while
+    drawing (a Streamlit rerun) stops it too: it ends within one batch, then this raises."""
+    latest: list = []
+    wake, out = threading.Event(), {}
+
+    def report(fraction, text, preview) -> None:
+        latest[:] = [(fraction, text, preview)]
+        wake.set()
+
+    inner = progress.twin(report)
+
+    def work() -> None:
+        if nice and sys.platform.startswith("linux"):
+            tid = threading.get_native_id()
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+        try:
+            with torch_threads(threads):
+                out["result"] = job(inner)
+        except BaseException as e:  # handed to the waiting thread
+            out["error"] = e
+        finally:
+            wake.set()
+
+    worker = threading.Thread(target=work, name="cnnviz-heavy-job", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            wake.wait(0.25)
+            wake.clear()
+            if latest:
+                progress(*latest.pop())
+            else:
+                progress.check()
+    except BaseException:
+        inner.stop()
+        worker.join()
+        raise
+    worker.join()
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
 def analysis_of(spec: Spec):
     """The module whose `run` takes this spec (the spec's own module)."""
     module = sys.modules[type(spec).__module__]
@@ -114,11 +168,15 @@ class Runner:
                 t = time.perf_counter()
                 result = analysis.run(model, image, spec, progress=progress)
         else:
-            with self.slot(progress), torch_threads(self.heavy_threads):
+            with self.slot(progress):
                 twin = model.private_copy()
-                with twin.lock:
-                    t = time.perf_counter()
-                    result = analysis.run(twin, image, spec, progress=progress)
+
+                def job(p: Progress) -> Result:
+                    with twin.lock:
+                        return analysis.run(twin, image, spec, progress=p)
+
+                t = time.perf_counter()
+                result = in_background(job, progress, self.heavy_threads, HEAVY_NICE)
         result.seconds = time.perf_counter() - t
         result.model = model.id
         return result

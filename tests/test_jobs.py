@@ -3,6 +3,8 @@ job on the shared model makes no other session wait.
 
 This module is itself a tiny analysis (`PassesSpec` + `run`), so the runner's rules are
 tested without depending on any real analysis' timing."""
+import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -34,9 +36,12 @@ class Ran(Result):
     net_id: int  # which network object ran (shared or a private copy)
     lock_held: bool
     threads: int
+    thread: int  # the OS thread it ran on
+    nice: int
 
 
 GATES: dict[int, threading.Event] = {}
+DONE: dict[int, int] = {}  # passes made, by id(spec)
 STARTED: dict[int, threading.Event] = {}
 
 
@@ -51,11 +56,13 @@ def run(model, image, spec: PassesSpec, *, progress=None) -> Ran:
                 progress.check()
         with torch.no_grad():
             model.net(x)
+        DONE[key] = i + 1
         progress((i + 1) / spec.n, f"pass {i + 1} of {spec.n}")
     held = model.lock.acquire(blocking=False)  # RLock: True if free or held by this thread
     if held:
         model.lock.release()
-    return Ran(id(model.net), held, torch.get_num_threads())
+    tid = threading.get_native_id()
+    return Ran(id(model.net), held, torch.get_num_threads(), tid, os.getpriority(os.PRIO_PROCESS, tid))
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +92,37 @@ def test_short_jobs_run_on_the_shared_model_heavy_ones_on_a_private_copy(tiny):
     assert short.model == heavy.model == tiny.id and short.seconds > 0 and heavy.seconds > 0
     assert heavy.threads == 1 and torch.get_num_threads() != 0  # set for the job, restored after
     assert not tiny.net._forward_hooks
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority is Linux's")
+def test_a_heavy_job_runs_on_its_own_lower_priority_thread_and_reports_through_the_caller(tiny):
+    """Contended cores go to other sessions' clicks first; the caller's thread keeps its
+    priority (only root could raise it again) and draws the job's progress."""
+    me = threading.get_native_id()
+    base = os.getpriority(os.PRIO_PROCESS, me)
+    seen = []
+    progress = Progress(lambda f, text, _: seen.append((threading.get_native_id(), text)))
+    runner = jobs.Runner(heavy_slots=1, heavy_threads=1)
+    heavy = runner.run(tiny, None, PassesSpec(jobs.SHORT_PASSES + 3), progress=progress)
+    short = runner.run(tiny, None, PassesSpec(1))
+    assert heavy.thread != me and heavy.nice == min(19, base + jobs.HEAVY_NICE)
+    assert short.thread == me and short.nice == base == os.getpriority(os.PRIO_PROCESS, me)
+    assert seen and all(tid == me for tid, _ in seen) and all(text.startswith("pass ") for _, text in seen)
+
+
+def test_a_heavy_job_stops_within_one_batch_of_a_stop_from_the_caller(tiny):
+    """The job runs on its own thread; a stop asked on the caller's side reaches it at once."""
+    spec = PassesSpec(500)
+    at_stop = []
+
+    def report(f, text, _):
+        at_stop.append(DONE[id(spec)])  # passes the job had made when the stop was asked
+        progress.stop()
+
+    progress = Progress(report)
+    with pytest.raises(Cancelled):
+        jobs.Runner(heavy_slots=1, heavy_threads=1).run(tiny, None, spec, progress=progress)
+    assert len(at_stop) == 1 and DONE[id(spec)] - at_stop[0] <= 1 and DONE[id(spec)] < spec.n
 
 
 def test_bad_spec_is_refused_before_anything_runs(tiny):
