@@ -8,7 +8,7 @@ st.set_page_config(page_title="cnnviz: inside CNNs", page_icon=":material/visibi
                    initial_sidebar_state="collapsed" if st.query_params.get("lecture") == "1" else "auto")
 
 from cnnviz import jobs  # noqa: E402  (after set_page_config)
-from cnnviz.app.pages import PAGES  # noqa: E402
+from cnnviz.app.pages import pages  # noqa: E402
 from cnnviz.app.sidebar import sidebar  # noqa: E402
 
 # A server's short jobs (a prediction, one recording) each take one torch thread: the
@@ -17,7 +17,7 @@ from cnnviz.app.sidebar import sidebar  # noqa: E402
 # 2-core machine, an upload cost the server 0.88 s of CPU that way and 0.18 s on one thread.
 jobs.RUNNER.short_threads = 1
 
-page = st.navigation(PAGES)
+page = st.navigation(pages())  # new page objects every run (see pages())
 try:
     sidebar()  # the run's Selection, read by the page through router.selection()
     page.run()

@@ -205,3 +205,16 @@ def test_online_download_shows_progress_then_loads_from_cache(app, monkeypatch):
         assert app.sidebar.metric[0].label == "RegNetY-400MF says" and len(requested) == 1
     finally:
         models.weights_file(weights).unlink(missing_ok=True)
+
+
+def test_every_run_gets_its_own_page_objects():
+    """A StreamlitPage's call-once flag is set by st.navigation and cleared by page.run():
+    page objects shared by all sessions (a module-level list) raced when two sessions
+    switched pages at once, and one of them got "This page cannot be called directly"."""
+    from cnnviz.app.pages import pages
+
+    first, second = pages(), pages()
+    assert len(first) == len(second) == 7
+    assert not {id(p) for p in first} & {id(p) for p in second}
+    app = (ROOT / "app.py").read_text()
+    assert "st.navigation(pages())" in app and "PAGES" not in app
