@@ -27,6 +27,19 @@ def no_network(monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", guarded)
 
 
+@pytest.fixture(autouse=True)
+def process_runner():
+    """The process's job runner as each test found it: the CLI's main() replaces it and
+    app.py sets its short jobs' threads (both right for a real process), which must not
+    leak into later tests (thread counts change float rounding)."""
+    from cnnviz import jobs
+
+    runner, short = jobs.RUNNER, jobs.RUNNER.short_threads
+    yield
+    jobs.RUNNER = runner
+    runner.short_threads = short
+
+
 @pytest.fixture(scope="session")
 def bundled():
     from cnnviz import models
