@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import report  # noqa: E402
+from tests.idle import wait_idle_async as wait_idle  # noqa: E402  (the browser tests' own rule)
 
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -52,7 +53,6 @@ REPLICA_HEADER = "x-cnnviz-replica"
 HEAVY = (("scorecam", "/saliency?method=scorecam&sample={s}"),
          ("pgd", "/adversarial?attack=pgd&eps=8&steps=100&sample={s}"),
          ("featurevis", "/filters?view=unit&steps=512&sample={s}"))
-STATE_JS = "() => document.querySelector('[data-testid=\"stApp\"]')?.dataset.testScriptState"
 # The sidebar shows this session's own result: its prediction and its file name.
 SHOWS_JS = """([label, name]) => {
   const sb = document.querySelector('[data-testid="stSidebar"]');
@@ -202,24 +202,6 @@ class Gate:
             await asyncio.wait_for(self.event.wait(), max(0.1, timeout))
         except asyncio.TimeoutError:
             pass
-
-
-async def wait_idle(page, timeout: float, calm: float = 0.5):
-    """As tests/browser.py wait_idle: the script state stays "notRunning" for `calm` s."""
-    deadline = time.monotonic() + timeout
-    since = None
-    while True:
-        state = await page.evaluate(STATE_JS)
-        now = time.monotonic()
-        if state != "notRunning":
-            since = None
-        elif since is None:
-            since = now
-        elif now - since >= calm:
-            return
-        if now > deadline:
-            raise TimeoutError(f"still running after {timeout:.0f} s (script state {state!r})")
-        await page.wait_for_timeout(100)
 
 
 class Run:
