@@ -11,11 +11,8 @@ from cnnviz import jobs  # noqa: E402  (after set_page_config)
 from cnnviz.app.pages import pages  # noqa: E402
 from cnnviz.app.sidebar import sidebar  # noqa: E402
 
-# A server's short jobs (a prediction, one recording) each take one torch thread: the
-# sessions are the parallelism. With torch's default (every core) each script thread's
-# OpenMP team spins on cores that other sessions and the browsers need; measured on the
-# 2-core machine, an upload cost the server 0.88 s of CPU that way and 0.18 s on one thread.
-jobs.RUNNER.short_threads = 1
+# Short jobs on one torch thread each, heavy jobs in worker processes (see Runner.serve).
+jobs.RUNNER.serve()
 
 page = st.navigation(pages())  # new page objects every run (see pages())
 try:

@@ -43,6 +43,9 @@ ap.add_argument("--old", action="store_true", help="the pre-runner API (default:
 ap.add_argument("--requests", type=int, default=5, help="B requests of each kind per phase (and idle)")
 ap.add_argument("--interval", type=float, default=1.0, help="seconds between two of B's requests")
 ap.add_argument("--seconds", type=float, default=30.0, help="longest phase (A's job is stopped then)")
+ap.add_argument("--served", action="store_true",
+                help="the runner as a served app sets it (jobs.RUNNER.serve(): heavy jobs in worker "
+                     "processes, or on threads with CNNVIZ_JOB_PROCESSES=0)")
 ap.add_argument("--jobs", default="scorecam,scorecam_resnet50,pgd,featurevis",
                 help="comma-separated phases: scorecam, scorecam_resnet50, pgd, featurevis")
 args = ap.parse_args()
@@ -268,6 +271,8 @@ PHASES = {  # name: (model id, A's layer)
 
 
 def main() -> None:
+    if args.served and NEW:
+        jobs.RUNNER.serve()
     wanted = [j.strip() for j in args.jobs.split(",") if j.strip()]
     samples = sample_paths()
     img_b, img_a = load_image(samples["cat"]), load_image(samples["coffee"])

@@ -17,8 +17,9 @@ wait has a timeout, and a global --deadline bounds the run.
 
 Prints p50/p95/max of upload->top-5 and page switch->settled, failures, cross-session mixing
 (a session that ever shows another file name, or a prediction other than its own), the
-server's peak RSS (VmHWM, summed over replicas) and CPU seconds (utime+stime; per session
-for page load plus upload), and with --proxy the replica (X-Cnnviz-Replica) of each session
+server's peak RSS (VmHWM, summed over replicas and their heavy-job worker processes) and CPU
+seconds (utime+stime of the Streamlit processes, per session for page load plus upload; the
+workers' apart), and with --proxy the replica (X-Cnnviz-Replica) of each session
 and whether it ever changed. Ends with one JSON line (bench/common.py `report`).
 The browsers share the machine's cores with the server: on a shared machine the figures are
 indicative only.
@@ -173,6 +174,15 @@ def proc_field(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def children(pids: list[int]) -> list[int]:
+    """The servers' child processes (cnnviz.workers: the heavy jobs' processes)."""
+    out = []
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*/children"):
+            out += [int(c) for c in task.read_text().split()]
+    return out
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -343,7 +353,7 @@ async def drive(args, server, images, heavy_samples) -> dict:
         browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
         try:
             await warm_up(browser, server.url, args.replicas if args.proxy else 1)
-            cpu0 = cpu_seconds(server.pids)
+            cpu0, workers0 = cpu_seconds(server.pids), cpu_seconds(children(server.pids))
             tasks = [asyncio.create_task(run.uploader(browser, i)) for i in range(args.sessions)]
             tasks += [asyncio.create_task(run.heavy(browser, j)) for j in range(args.heavy)]
             await asyncio.wait_for(run.uploaded.event.wait(), run.left(args.deadline))
@@ -353,6 +363,7 @@ async def drive(args, server, images, heavy_samples) -> dict:
                 t.cancel()
                 run.failures.append({"session": "?", "step": "deadline", "error": "cancelled at the global deadline"})
             cpu_all = cpu_seconds(server.pids) - cpu0
+            cpu_workers = cpu_seconds(children(server.pids)) - workers0  # a worker that died mid-run is missed
         finally:
             await browser.close()
     replicas = {who: sorted(set(r)) for who, r in run.replicas.items()}
@@ -364,6 +375,7 @@ async def drive(args, server, images, heavy_samples) -> dict:
         "failures": run.failures, "mixing": run.mixing, "heavy": run.heavy_s,
         "cpu_s_load_and_upload_per_session": round(cpu_upload / max(1, args.sessions), 3),
         "cpu_s_total": round(cpu_all, 2),
+        "cpu_s_workers": round(cpu_workers, 2),
         "replicas": ({who: r for who, r in replicas.items()} if args.proxy else None),
         "replica_changed": [who for who, r in replicas.items() if len(r) > 1] if args.proxy else None,
     }
@@ -395,7 +407,8 @@ def main():
         server = Cluster(tmp, args.replicas) if args.proxy else OneServer(tmp)
         try:
             out = asyncio.run(drive(args, server, images, heavy_samples))
-            rss = sum(proc_field(pid, "VmHWM") for pid in server.pids)
+            rss_server = sum(proc_field(pid, "VmHWM") for pid in server.pids)
+            rss = rss_server + sum(proc_field(pid, "VmHWM") for pid in children(server.pids))
         finally:
             server.stop()
     name = (f"bench_load_s{args.sessions}" + (f"_proxy{args.replicas}" if args.proxy else "")
@@ -404,7 +417,7 @@ def main():
         "sessions": args.sessions, "heavy_sessions": args.heavy, "proxy": args.proxy,
         "replica_count": args.replicas if args.proxy else 1,
         "n_failures": len(out["failures"]), "n_mixing": len(out["mixing"]),
-        "peak_rss_mb": round(rss), "loadavg": os.getloadavg(), **out})
+        "peak_rss_mb": round(rss), "peak_rss_server_mb": round(rss_server), "loadavg": os.getloadavg(), **out})
 
 
 if __name__ == "__main__":

@@ -63,9 +63,11 @@ class Progress:
     the next call inside the job raises `Cancelled`, so every job stops within one
     batch. `preview` carries an intermediate image for jobs that have one."""
 
-    def __init__(self, report: Report | None = None):
+    def __init__(self, report: Report | None = None, stop=None):
+        """`stop`: the event a stop sets (default: a new one); a worker process passes
+        one its stop signal sets."""
         self._report = report
-        self._stop = threading.Event()
+        self._stop = stop if stop is not None else threading.Event()
         self.fraction, self.text = 0.0, ""
 
     @classmethod
@@ -93,9 +95,7 @@ class Progress:
     def twin(self, report: Report) -> "Progress":
         """A Progress that reports to `report` instead and shares this one's stop (for a
         job on another thread: a stop from either side reaches it within one batch)."""
-        other = Progress(report)
-        other._stop = self._stop
-        return other
+        return Progress(report, self._stop)
 
     def part(self, lo: float, hi: float, prefix: str = "") -> "Progress":
         """The same job's progress, with fractions mapped into [lo, hi] (a step of a job

@@ -62,6 +62,9 @@ from .lru import LRU
 from .model import Model
 
 OBJECTIVES = ("channel", "neuron", "class")
+# Runs fill MEMORY (and the disk) channel by channel, so a stopped gallery keeps what it
+# finished: they must run in the process whose pages read it (cnnviz.jobs).
+RUNS_IN_PROCESS = True
 # Bump when the algorithm changes, so old disk-cache entries are not reused.
 VERSION = 1
 SIZES = bounds.FEATUREVIS_SIDES

@@ -15,11 +15,16 @@
   their own modules and lock over the shared weights, so no other session waits for
   them. At most `heavy_slots` run at once in the process (others queue, and see their
   place in the queue through `progress`), each with `heavy_threads` torch threads, so
-  two jobs do not oversubscribe the cores and short jobs keep a core. Each runs on a
-  thread of its own at a lower OS priority (`HEAVY_NICE`, Linux): when the cores are
-  contended, the clicks of other sessions (and, on a lecturer's laptop, the browsers)
-  go first; on an idle machine it changes nothing. The caller's thread relays the
-  job's progress (so the page draws it) and its stop requests.
+  two jobs do not oversubscribe the cores and short jobs keep a core. Each runs at a
+  lower OS priority (`HEAVY_NICE`, Linux): when the cores are contended, the clicks of
+  other sessions (and, on a lecturer's laptop, the browsers) go first; on an idle
+  machine it changes nothing. A served app (`Runner.serve()`) runs them in worker
+  processes (`cnnviz.workers`), which share no interpreter lock with the sessions'
+  script threads; elsewhere (the CLI, tests, benches) on a thread of their own. Either
+  way the caller's thread relays the job's progress (so the page draws it) and its
+  stop requests. An analysis whose run fills this process's caches as it goes (feature
+  visualization: a stopped gallery keeps the channels it finished) says so with
+  `RUNS_IN_PROCESS = True` and gets the thread.
 
 The runner fills in the result's `model` and `seconds` (compute only, not queueing).
 A `Progress` that is stopped makes the job raise `Cancelled` within one batch.
@@ -34,10 +39,10 @@ import time
 
 import torch
 
-from . import bounds
+from . import bounds, workers
 from .contract import CnnvizError, Progress, Result, Spec
 
-HEAVY_NICE = 10  # a heavy job's thread: CFS weight 110 against 1024, ~10% of a contended core
+HEAVY_NICE = 19  # a heavy job's process or thread: CFS weight 15 against 1024, ~1.5% of a contended core
 SHORT_PASSES = 4  # images: a prediction (1), a Grad-CAM (1, or 2 finding the top-1), one recording
 
 
@@ -150,9 +155,24 @@ class Runner:
         self.heavy_slots = heavy_slots or max(1, cores // 4)
         # Leave a core to the short jobs of every other session.
         self.heavy_threads = heavy_threads or max(1, (cores - 1) // self.heavy_slots)
+        self.pool: workers.Pool | None = None  # heavy jobs in worker processes: see serve()
         self._cond = threading.Condition()
         self._running = 0
         self._queue: list[object] = []
+
+    def serve(self) -> None:
+        """How a served app runs jobs (app.py calls it on every run; it acts once): short
+        jobs on one torch thread, since the sessions are the parallelism (with torch's
+        default, every core, each script thread's OpenMP team spins on cores other
+        sessions and the browsers need: an upload cost the server 0.88 s of CPU that way
+        and 0.18 s on one thread, 2-core machine); heavy jobs in worker processes, started
+        now, unless `CNNVIZ_JOB_PROCESSES=0` (then on threads, as elsewhere)."""
+        self.short_threads = 1
+        if self.pool is None and os.environ.get("CNNVIZ_JOB_PROCESSES", "1") != "0":
+            with self._cond:
+                if self.pool is None:
+                    self.pool = workers.Pool(self.heavy_slots, self.heavy_threads, HEAVY_NICE)
+                    self.pool.start()
 
     def is_heavy(self, model, spec: Spec, image=None) -> bool:
         return cost(model, image, spec) > SHORT_PASSES
@@ -169,14 +189,17 @@ class Runner:
                 result = analysis.run(model, image, spec, progress=progress)
         else:
             with self.slot(progress):
-                twin = model.private_copy()
-
-                def job(p: Progress) -> Result:
-                    with twin.lock:
-                        return analysis.run(twin, image, spec, progress=p)
-
                 t = time.perf_counter()
-                result = in_background(job, progress, self.heavy_threads, HEAVY_NICE)
+                if self.pool is not None and not getattr(analysis, "RUNS_IN_PROCESS", False):
+                    result = self.pool.run(model, image, spec, analysis.__name__, progress)
+                else:
+                    twin = model.private_copy()
+
+                    def job(p: Progress) -> Result:
+                        with twin.lock:
+                            return analysis.run(twin, image, spec, progress=p)
+
+                    result = in_background(job, progress, self.heavy_threads, HEAVY_NICE)
         result.seconds = time.perf_counter() - t
         result.model = model.id
         return result

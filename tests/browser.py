@@ -30,6 +30,7 @@ class Server:
              "--server.address", "127.0.0.1", "--server.port", str(self.port),
              "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={k: v for k, v in os.environ.items() if k != "CNNVIZ_JOB_PROCESSES"},  # as served: workers
         )
         deadline = time.time() + 60
         while time.time() < deadline:

@@ -11,6 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # An empty torch hub cache for the whole run: no test sees weights a developer
 # downloaded, and nothing is fetched (see no_network below).
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="cnnviz-torch-home-")
+# AppTest runs app.py in this process, where tests spy on the analyses: its heavy jobs stay
+# on threads here. The worker processes a served app uses are tested in test_workers.py and
+# by every browser test (tests/browser.py's server drops this).
+os.environ["CNNVIZ_JOB_PROCESSES"] = "0"
 
 
 @pytest.fixture(autouse=True)

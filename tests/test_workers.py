@@ -1,0 +1,174 @@
+"""Heavy jobs in worker processes (cnnviz.workers), as a served app runs them."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from cnnviz import adversarial, featurevis, jobs, saliency, workers
+from cnnviz.contract import Cancelled, CnnvizError, NotFound, Progress
+from cnnviz.images import load_image
+
+from .conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def served(monkeypatch_module):
+    """A runner set up as app.py sets the server's: its heavy jobs go to a worker process."""
+    monkeypatch_module.delenv("CNNVIZ_JOB_PROCESSES", raising=False)
+    runner = jobs.Runner(heavy_slots=1, heavy_threads=1)
+    runner.serve()
+    assert runner.pool is not None and runner.short_threads == 1
+    yield runner
+    runner.pool.close()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def cat(samples):
+    return load_image(samples["cat"])
+
+
+def worker_of(runner) -> workers.Worker:
+    (w,) = runner.pool.workers
+    return w
+
+
+def test_heavy_job_runs_in_the_worker_with_the_same_numbers(served, bundled, cat, monkeypatch):
+    spec = adversarial.AttackSpec(method="pgd", eps=8, steps=6)
+    assert served.is_heavy(bundled, spec, cat)
+    threaded = jobs.Runner(heavy_slots=1, heavy_threads=1).run(bundled, cat, spec)
+    # Not this process: its analysis is out of order here.
+    monkeypatch.setattr(adversarial, "run", lambda *a, **k: pytest.fail("ran in the server's process"))
+    reports = []
+    result = served.run(bundled, cat, spec, progress=Progress(lambda f, t, p: reports.append(f)))
+    assert worker_of(served).alive and worker_of(served).proc.pid != os.getpid()
+    np.testing.assert_allclose(result.adversarial, threaded.adversarial, atol=1e-6)
+    assert result.target == threaded.target and result.model == bundled.id and result.seconds > 0
+    assert reports, "the worker's progress reached the caller"
+    assert threading.current_thread() is threading.main_thread()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux priorities")
+def test_the_worker_runs_at_the_lowest_priority_in_its_own_group(served, bundled, cat):
+    served.run(bundled, cat, adversarial.AttackSpec(method="pgd", eps=8, steps=6))  # started and working
+    pid = worker_of(served).proc.pid
+    assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + jobs.HEAVY_NICE)
+    assert os.getsid(pid) != os.getsid(0)  # its own session: its own autogroup
+    group = f"/proc/{pid}/autogroup"
+    if os.path.exists(group):  # a kernel with autogroups: nice ranks it only within its group
+        with open(group) as f:
+            assert f.read().split()[-1] == str(jobs.HEAVY_NICE)
+
+
+def test_a_model_is_sent_once_per_worker(served, bundled, cat, monkeypatch):
+    sent = []
+    real = workers.portable
+    monkeypatch.setattr(workers, "portable", lambda m: sent.append(m.id) or real(m))
+    score = saliency.SaliencySpec("occlusion", occlusion_window=112, occlusion_stride=56)  # 9 positions + 1
+    assert served.is_heavy(bundled, score, cat)
+    for s in (score, score):
+        served.run(bundled, cat, s)
+    assert sent.count(bundled.id) <= 1  # the first test may already have sent it
+
+
+def test_stop_ends_the_workers_job_and_the_next_job_runs(served, bundled, cat):
+    progress = Progress()
+    timer = threading.Timer(1.5, progress.stop)
+    timer.start()
+    t = time.monotonic()
+    with pytest.raises(Cancelled):
+        served.run(bundled, cat, adversarial.AttackSpec(method="pgd", eps=8, steps=400), progress=progress)
+    assert time.monotonic() - t < 1.5 + 10, "stopped within a few passes, not after 400 steps"
+    pid = worker_of(served).proc.pid
+    result = served.run(bundled, cat, adversarial.AttackSpec(method="pgd", eps=8, steps=6))
+    assert result.steps == 6 and worker_of(served).proc.pid == pid  # the same worker, its pipes clean
+
+
+def test_a_rerun_in_the_callers_thread_stops_the_worker(served, bundled, cat):
+    class Rerun(Exception):  # what Streamlit raises inside a progress draw
+        pass
+
+    def report(fraction, text, preview):
+        if fraction > 0.05:
+            raise Rerun
+
+    with pytest.raises(Rerun):
+        served.run(bundled, cat, adversarial.AttackSpec(method="pgd", eps=8, steps=300), progress=Progress(report))
+    assert served.run(bundled, cat, adversarial.AttackSpec(method="pgd", eps=8, steps=6)).steps == 6
+
+
+def test_a_worker_killed_mid_job_fails_that_job_only(served, bundled, cat):
+    started = threading.Event()
+    progress = Progress(lambda f, t, p: started.set())
+    out = {}
+
+    def job():
+        try:
+            served.run(bundled, cat, adversarial.AttackSpec(method="pgd", eps=8, steps=400), progress=progress)
+        except CnnvizError as e:
+            out["error"] = e
+
+    th = threading.Thread(target=job)
+    th.start()
+    assert started.wait(60)
+    os.kill(worker_of(served).proc.pid, signal.SIGKILL)  # as the kernel does when memory runs out
+    th.join(60)
+    assert isinstance(out.get("error"), workers.WorkerDied)
+    assert "worker process ended" in str(out["error"]) and "out of memory" in str(out["error"])
+    assert served.run(bundled, cat, adversarial.AttackSpec(method="pgd", eps=8, steps=6)).steps == 6
+
+
+def test_errors_come_back_as_the_users_message():
+    e = workers._portable_error(NotFound("layer", "conv9", ["conv1", "conv2"]))
+    assert isinstance(e, CnnvizError) and "conv9" in str(e) and "conv1" in str(e)
+    assert isinstance(workers._portable_error(Cancelled()), Cancelled)
+    assert isinstance(workers._portable_error(KeyError("x")), KeyError)  # pickles: goes back as it is
+
+    class Local(Exception):  # a class the other side cannot import
+        pass
+
+    bug = workers._portable_error(Local("boom"))
+    assert type(bug) is RuntimeError and "Local: boom" in str(bug)
+
+
+def test_feature_visualization_stays_in_process(served, bundled, cache_dir):
+    """Its runs fill this process's render cache, which the Filters page reads."""
+    layer = bundled.layers[10].name
+    spec = featurevis.FeatureVisSpec(layer=layer, channel=0, objective="channel", size=64, steps=8, lr=0.05, seed=0)
+    served.run(bundled, None, spec)
+    assert featurevis.cached(bundled, spec) is not None
+
+
+def test_a_worker_exits_when_its_server_dies(tmp_path):
+    script = (
+        "import os, sys\n"
+        "from cnnviz import workers\n"
+        "w = workers.Worker(threads=1, nice=0)\n"
+        "w.start()\n"
+        "print(w.proc.pid, flush=True)\n"
+        "os._exit(0)\n"  # no clean-up: as if killed
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.2)
+    assert not _running(pid)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
