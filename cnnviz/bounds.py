@@ -100,6 +100,7 @@ SHARED_RESULT_BYTES = 512 * MiB  # large read-only results (layer recordings): a
 IMAGE_CACHE_BYTES = 256 * MiB  # decoded images: two at the 40-megapixel limit (120 MB each), or many photos
 THUMBNAIL_BYTES = 16 * MiB  # the sample picker's JPEG thumbnails (~5 KB each)
 DISPLAY_BYTES = 32 * MiB  # Home's JPEG of the current picture (at most 1460 px a side: ~0.1-0.5 MB each)
+MAX_MODEL_PARAMS = 150_000_000  # a model a link or the picker may load (VGG-16, the zoo's largest: 138 M)
 MODELS = 3  # zoo and bundled models kept loaded: three of the largest (VGG-16, 528 MB) are 1.6 GB
 MODEL_BYTES = 2 * 2 ** 30  # ... and never more than this in all (a model above it is used, not kept)
 OWN_MODELS = 4  # uploaded checkpoints kept for their sessions (one copy per file, whoever loaded it)

@@ -158,6 +158,26 @@ def cmd_saliency(args) -> dict:
     return att.to_dict()
 
 
+def cmd_attention(args) -> dict:
+    from . import attention as A
+
+    image = _image(args.image)
+    model = _model(args)
+    spec = A.AttentionSpec(args.block, args.head, tuple(args.patch) if args.patch else None, args.rollout).check(model)
+    result = _run(model, image, spec)
+    if args.out:
+        import numpy as np
+
+        from .render import overlay
+        from .saliency import upsample
+
+        _save_png(np.asarray(overlay(model.input_image(image), upsample(result.map, model.input_size), 0.5, "jet")),
+                  args.out)
+    if args.npy:
+        _save_npy(result.map, args.npy)
+    return result.to_dict()
+
+
 def cmd_trust(args) -> dict:
     from . import trust as Tr
     from .predict import class_index
@@ -359,6 +379,13 @@ def _print_human(cmd: str, out: dict) -> None:
               f"jump {out['jump']}, box {out['box']} (inside the image {out['box_clipped']})")
         if out["erf_box50"]:
             print(f"  effective field: 50% of its mass in {out['erf_box50']}, 90% in {out['erf_box90']}")
+    elif cmd == "attention":
+        what = "rollout up to block" if out["rollout"] else "block"
+        head = "" if out["rollout"] else (" mean of heads" if out["head"] is None else f" head {out['head']}")
+        m = __import__("numpy").asarray(out["map"])
+        r, c = divmod(int(m.argmax()), m.shape[1])
+        print(f"{out['model']}, {what} {out['block']}{head}, query {out['query']}: "
+              f"{out['grid'][0]}x{out['grid'][1]} patches; most attended ({r}, {c}) with {m.max():.1%}")
     elif cmd == "sweep":
         smallest = "none" if out["smallest"] is None else f"{out['smallest']:g}/255"
         print(f"{out['model']} on {out['image']}: the smallest budget that changes the decision: {smallest}")
@@ -418,6 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--contrast", help="explain target rather than this class (logit difference)")
     sp.add_argument("--out", help="write the map over the image as PNG")
     sp.add_argument("--npy", help="write the map [H, W] (input resolution, float32) as .npy")
+    sp = add("attention", cmd_attention, "Where a vision transformer's tokens look: one block's attention, or rollout.")
+    sp.add_argument("image")
+    sp.add_argument("--block", type=int, help="encoder block index (default: the last)")
+    sp.add_argument("--head", type=int, help="one head (default: the mean of the heads)")
+    sp.add_argument("--patch", type=int, nargs=2, metavar=("ROW", "COL"), help="the query patch (default: the class token)")
+    sp.add_argument("--rollout", action="store_true", help="attention rollout through blocks 0..block (Abnar and Zuidema)")
+    sp.add_argument("--out", help="write the map over the image as PNG")
+    sp.add_argument("--npy", help="write the map [rows, cols] (patch grid, float32) as .npy")
     from .trust import DEFAULT_METHODS, trust_methods
 
     sp = add("trust", cmd_trust, "Does a saliency map explain the model? Model randomization and deletion checks.")

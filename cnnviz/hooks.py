@@ -7,7 +7,9 @@ A recorder can instead reduce each output inside its hook (`reduce`: a few numbe
 layer, so the pass keeps no map alive: `record_reduced`), and `record(..., stop=True)`
 ends the pass as soon as every wanted call is recorded.
 The caller holds the model's lock (the job runner does), so concurrent sessions never
-mix. This module imports no other part of cnnviz: `Model` is taken by its attributes.
+mix. A vision transformer's token outputs are recorded as maps [B, C, h, w] (see
+`cnnviz.tokens`, the one part of cnnviz this module imports), and its blocks are layers.
+`Model` is taken by its attributes.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import contextlib
 
 import torch
 from torch import nn
+
+from . import tokens
 
 # Modules that are the identity in eval mode: listing them would only add noise.
 _SKIP = (nn.Identity, nn.modules.dropout._DropoutNd)
@@ -26,8 +30,8 @@ def _is_noop(m: nn.Module) -> bool:
 
 def layer_modules(net: nn.Module) -> dict[str, nn.Module]:
     """Inspectable modules by path: leaves, and convolutions/linears as one piece
-    even when they hold a helper (a padding module) inside."""
-    found: dict[str, nn.Module] = {}
+    even when they hold a helper (a padding module) inside; a transformer's blocks too."""
+    found: dict[str, nn.Module] = dict(tokens.blocks(net))
     inside = None  # named_modules() is depth-first: a unit's helpers follow it directly
     for name, m in net.named_modules():
         if not name or (inside and name.startswith(inside)):
@@ -61,7 +65,10 @@ class Recorder(contextlib.AbstractContextManager):
     to its layer only). Not for calls in `model.mutated_layers` (a later in-place op on a
     leaf that needs a gradient is an error). Run the pass under
     `torch.no_grad()`, not inference mode: inference tensors have no version counter.
-    After the block, `outputs` maps call names, in execution order, to tensors.
+    After the block, `outputs` maps call names, in execution order, to tensors. A vision
+    transformer's token outputs are given as maps [B, C, h, w] (`cnnviz.tokens`), which a
+    gradient can flow through to the input; `raw=True` keeps the network's own tensors
+    (a gradient with respect to the output itself, attention's tokens).
 
     `reduce` (with `detach=True`): a function of one output, called inside the hook for
     every recorded call; its values go to `reduced` (in execution order) and the output
@@ -73,7 +80,7 @@ class Recorder(contextlib.AbstractContextManager):
     """
 
     def __init__(self, model, layers=None, *, detach: bool = True, leaf: bool = False,
-                 reduce=None, stop: bool = False):
+                 reduce=None, stop: bool = False, raw: bool = False):
         """`model`: a `cnnviz.model.Model` or a bare `nn.Module`."""
         is_module = isinstance(model, nn.Module)
         self.net = model if is_module else model.net
@@ -99,6 +106,10 @@ class Recorder(contextlib.AbstractContextManager):
         self.outputs: dict[str, torch.Tensor] = {}
         self.reduce = reduce if detach else None
         self.reduced: dict[str, object] = {}
+        # Outputs as maps (a transformer's tokens, see the class docstring), unless `raw`:
+        # a gradient with respect to the output itself needs the tensor the network goes
+        # on from (then `as_map` turns the output and its gradient).
+        self._to_map = None if raw else tokens.mapper(self.net)
         # Stop only when the wanted calls are known and every one of them is kept.
         self._stop_at = None
         if stop and layers is not None and self.reduce is None:
@@ -142,12 +153,15 @@ class Recorder(contextlib.AbstractContextManager):
 
         calls, outputs, versions = self._calls, self.outputs, self._versions
         reduce, reduced, stop_at = self.reduce, self.reduced, self._stop_at
+        to_map = self._to_map
 
         def hook(module, inputs, output):  # runs ~130 times a pass: kept lean
             k = calls.get(name, 0)
             calls[name] = k + 1
             if not isinstance(output, torch.Tensor) or (wanted is not None and k not in wanted):
                 return
+            if to_map is not None:
+                output = to_map(name, module, output)
             cn = f"{name}#{k}" if k else name
             if reduce is not None:
                 reduced[cn] = reduce(output.detach() if output.requires_grad else output)
@@ -164,6 +178,17 @@ class Recorder(contextlib.AbstractContextManager):
             if stop_at is not None and len(outputs) == stop_at:
                 raise Enough
         return hook
+
+
+def as_map(model, layer: str, t: torch.Tensor) -> torch.Tensor:
+    """A live output (or its gradient) of `layer` as the kept recordings have it: a
+    transformer's tokens as [B, C, h, w], any other output as it is."""
+    net = model if isinstance(model, nn.Module) else model.net
+    to_map = tokens.mapper(net)
+    if to_map is None:
+        return t
+    base, _ = split_call(layer)
+    return to_map(base, dict(net.named_modules())[base], t)
 
 
 class Enough(BaseException):

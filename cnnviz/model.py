@@ -153,7 +153,12 @@ class Model:
 
     @property
     def gradcam_layer(self) -> str:
-        """The last layer with a spatial output (the usual Grad-CAM target)."""
+        """The last layer with a spatial output (the usual Grad-CAM target); a ViT's last
+        block's input norm (see `tokens.cam_layer`)."""
+        from .tokens import cam_layer
+
+        if (layer := cam_layer(self.net)) is not None:
+            return layer
         spatial = [layer.name for layer in self.layers if len(layer.shape) == 3 and min(layer.shape[1:]) > 1]
         return spatial[-1]
 

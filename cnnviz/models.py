@@ -30,7 +30,7 @@ BUNDLED_ID = "efficientnet_lite0"
 ZOO = (
     "alexnet", "vgg16", "googlenet", "resnet18", "resnet50", "densenet121",
     "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny",
-    "regnet_y_400mf",
+    "regnet_y_400mf", "vit_b_16", "swin_t",
 )
 # Architectures whose constructor defaults differ from their pretrained form.
 _ARCH_KWARGS = {
@@ -60,7 +60,9 @@ class Entry:
 
 
 def catalog() -> list[Entry]:
-    """The models the picker offers, with whether each works offline right now."""
+    """The models the picker offers, with whether each works offline right now: the
+    bundled one, the zoo, then the zoo untrained (the same architectures with random
+    weights: what training adds is itself a lesson, and they work offline)."""
     entries = [Entry(BUNDLED_ID, "EfficientNet-Lite0", "bundled", True, bundled_param_count())]
     for name in ZOO:
         w = _weights(name)
@@ -68,7 +70,36 @@ def catalog() -> list[Entry]:
             f"torchvision:{name}", _pretty(name), "torchvision", weights_file(w).exists(),
             int(w.meta["num_params"]), w.meta.get("_file_size"),
         ))
+    for name in ZOO:
+        entries.append(Entry(f"torchvision:{name}@random", _pretty(name), "random", True,
+                             int(_weights(name).meta["num_params"])))
     return entries
+
+
+def known(model_id: str) -> bool:
+    """Whether `load` takes this id (every id the CLI takes), without loading anything."""
+    if model_id == BUNDLED_ID:
+        return True
+    if not isinstance(model_id, str) or not model_id.startswith("torchvision:"):
+        return False
+    name, _, variant = model_id.removeprefix("torchvision:").partition("@")
+    return variant in ("", "random") and name in _classification_models()
+
+
+def servable(model_id: str) -> bool:
+    """Whether a served app loads this id for anyone who asks (a link can say anything):
+    one `load` takes, of at most `bounds.MAX_MODEL_PARAMS` parameters."""
+    if not known(model_id):
+        return False
+    if model_id == BUNDLED_ID:
+        return True
+    name = model_id.removeprefix("torchvision:").partition("@")[0]
+    return int(_weights(name).meta["num_params"]) <= bounds.MAX_MODEL_PARAMS
+
+
+@functools.cache
+def _classification_models() -> frozenset[str]:
+    return frozenset(torchvision.models.list_models(module=torchvision.models))
 
 
 def load(model_id: str, progress: Progress | None = None) -> Model:
@@ -165,6 +196,11 @@ def _torchvision(name: str, random: bool, progress: Progress | None) -> Model:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             net = _build(name, weights=None)
+            # ViT starts its head at zero: every untrained prediction would be uniform and
+            # every gradient zero, which shows nothing. Such a layer gets nn.Linear's own init.
+            for m in net.modules():
+                if isinstance(m, nn.Linear) and not m.weight.any():
+                    m.reset_parameters()
     else:
         path = download_weights(weights, progress)
         net = _build(name, weights=None)
@@ -233,6 +269,7 @@ def _pretty(name: str) -> str:
         "resnet50": "ResNet-50", "densenet121": "DenseNet-121", "mobilenet_v2": "MobileNetV2",
         "mobilenet_v3_large": "MobileNetV3-Large", "efficientnet_b0": "EfficientNet-B0",
         "convnext_tiny": "ConvNeXt-Tiny", "regnet_y_400mf": "RegNetY-400MF",
+        "vit_b_16": "ViT-B/16", "swin_t": "Swin-T",
     }
     return special.get(name, name)
 

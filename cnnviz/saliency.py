@@ -38,7 +38,7 @@ from torch import nn
 from . import bounds
 from .activations import LayerNotFound
 from .contract import CnnvizError, Progress, Result, Spec
-from .hooks import Recorder, unguided_activations
+from .hooks import Recorder, as_map, unguided_activations
 from .model import Model
 from .predict import classify
 
@@ -339,11 +339,12 @@ def _layer_and_grad(model: Model, score: nn.Module, x: torch.Tensor, layer: str)
     """The layer's output [C, h, w] and d(score)/d(output): one forward (with a graph from
     the layer on) and a backward to the layer only."""
     x, leaf = _graph_input(model, x, [layer])
-    with Recorder(model, [layer], detach=False, leaf=leaf) as rec, torch.enable_grad():
+    with Recorder(model, [layer], detach=False, leaf=leaf, raw=True) as rec, torch.enable_grad():
         s = score(x).sum()
         act = rec.outputs[layer]
         (grad,) = torch.autograd.grad(s, act)
-    return act.detach()[0], grad[0]
+    # A transformer's tokens, and their gradient, on the patch grid (no reshape to write).
+    return as_map(model, layer, act.detach())[0], as_map(model, layer, grad)[0]
 
 
 def _gradcam(model, score, x, layer, batch_size, progress=None) -> np.ndarray:
@@ -406,12 +407,13 @@ def gradcam_sweep(model: Model, image: Image.Image | torch.Tensor, target: int |
             target = int(model.pixel_net(x).argmax(1))
     score = _Score(model.pixel_net, target, contrast)
     xg, leaf = _graph_input(model, x, layers)
-    with Recorder(model, layers, detach=False, leaf=leaf) as rec, torch.enable_grad():
+    with Recorder(model, layers, detach=False, leaf=leaf, raw=True) as rec, torch.enable_grad():
         s = score(xg).sum()
         acts = [rec.outputs[l] for l in layers]
         grads = torch.autograd.grad(s, acts)
     out = {}
     for name, act, grad in zip(layers, acts, grads):
+        act, grad = as_map(model, name, act), as_map(model, name, grad)
         cam = F.relu((grad[0].mean((1, 2))[:, None, None] * act.detach()[0]).sum(0)).numpy()
         out[name] = upsample(cam, x.shape[-2:])
     return out

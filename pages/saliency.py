@@ -3,12 +3,14 @@ import io
 import numpy as np
 import streamlit as st
 
+from cnnviz import attention as ATT
 from cnnviz import render
 from cnnviz import saliency as S
 from cnnviz import trust
 from cnnviz.app import cache
+from cnnviz.app.clicks import new_click
 from cnnviz.app.router import selection
-from cnnviz.app.url import restore
+from cnnviz.app.url import restore, restore_number
 from cnnviz.contract import CnnvizError
 
 M = S.METHODS
@@ -84,8 +86,9 @@ qp.update(params)
 
 what = model.categories[target] + (f" rather than {model.categories[contrast]}" if contrast is not None else "")
 # Bound to the URL and lazy: only the open tab computes (the grid runs four methods).
-tab_one, tab_grid, tab_sweep, tab_trust = st.tabs(["Map", "Methods side by side", "Layer sweep", "Trust checks"],
-                                                  key="view", bind="query-params")
+tab_one, tab_grid, tab_sweep, tab_trust, tab_att = st.tabs(
+    ["Map", "Methods side by side", "Layer sweep", "Trust checks", "Attention (transformers)"],
+    key="view", bind="query-params")
 
 if tab_one.open:
     with tab_one:
@@ -171,3 +174,70 @@ if tab_trust.open:
                                                    {_label(m): v for m, v in report.areas.items()}), key="sal_del_chart")
         else:
             st.caption("The checks run about a dozen attributions; press the button to start.")
+
+if tab_att.open:
+    with tab_att:
+        st.markdown(
+            "A vision transformer cuts the image into 16x16 patches and lets every patch attend to every other "
+            "from the first block on; a CNN unit sees only a small window that grows with depth. Here: where one "
+            "token looks (the class token, or a patch you click), in one block and head, or **rollout**: the "
+            "attention of every block multiplied through, with the residual path counted (Abnar and Zuidema)."
+        )
+        try:
+            n_blocks = len(ATT.blocks(model))
+        except CnnvizError as e:
+            st.info(f"{e} Pick ViT-B/16 (or its untrained twin, which works offline) under Network in the sidebar.")
+            n_blocks = 0
+        if n_blocks:
+            heads = ATT._mha(model, ATT.blocks(model)[-1]).num_heads
+            g = ATT.grid_side(model)
+            restore_number("att_block", "block", 0, n_blocks - 1)
+            restore("att_head", "head", lambda v: v == "mean" or 0 <= int(v) < heads,
+                    why=f"the heads are 0 to {heads - 1}, or mean")
+            restore("att_rollout", "rollout", lambda v: v in (True, False), lambda t: t == "1")
+            restore("att_patch", "patch", lambda v: v is None or all(0 <= c < g for c in v),
+                    lambda t: None if t == "cls" else tuple(int(c) for c in t.split(",")),
+                    why=f"a patch is ROW,COL with each from 0 to {g - 1}, or cls")
+            clicked = new_click("att_grid")
+            if clicked is not None:
+                ss["att_patch"] = (int(clicked[0]), int(clicked[1]))
+            a1, a2, a3, a4 = st.columns([2, 1, 1, 1])
+            ss.setdefault("att_block", n_blocks - 1)
+            block = a1.slider("Block", 0, n_blocks - 1, key="att_block")
+            rollout = a3.toggle("Rollout", key="att_rollout", help="Through blocks 0 to this one, heads averaged.")
+            head = a2.selectbox("Head", ["mean", *map(str, range(heads))], key="att_head", disabled=rollout)
+            patch = ss.get("att_patch")
+            if a4.button("Class token", key="att_cls", disabled=patch is None):
+                ss["att_patch"] = patch = None
+            qp.update({"block": str(block), "head": head, "rollout": "1" if rollout else "0",
+                       "patch": "cls" if patch is None else f"{patch[0]},{patch[1]}"})
+            spec = ATT.AttentionSpec(block, None if rollout or head == "mean" else int(head), patch, rollout)
+            try:
+                att_map = cache.run(spec, model, sel.image, sel.image_sha, label="Attention:")
+            except CnnvizError as e:
+                st.warning(str(e))
+                att_map = None
+            if att_map is not None:
+                base = model.input_image(sel.image)
+                st.caption(f"**{'Rollout to block' if rollout else 'Block'} {block}"
+                           f"{'' if rollout else ', ' + ('mean of heads' if head == 'mean' else 'head ' + head)}**: "
+                           f"where the {att_map.query} looks")
+                left, right = st.columns(2)
+                left.image(render.overlay(base, S.upsample(att_map.map, model.input_size), opacity, cmap),
+                           width="stretch")
+                with right:
+                    st.markdown(f"**{g}x{g} patches** (click one to make it the query; red: the query)")
+                    st.plotly_chart(render.unit_map_figure(att_map.map, patch), key="att_grid", on_select="rerun",
+                                    selection_mode="points", config={"displaylogo": False})
+                if patch is None and rollout:
+                    try:
+                        cam = cache.run(S.SaliencySpec("gradcam", target), model, sel.image, sel.image_sha,
+                                        label="Grad-CAM:")
+                        r = ATT.agreement(att_map.map, cam.layer_map)
+                        st.caption(f"Agreement with Grad-CAM for **{model.categories[target]}** (at `{cam.layer}`, "
+                                   "same patch grid): Pearson r = "
+                                   + ("undefined (a flat map)" if r is None else f"**{r:.2f}**")
+                                   + ". Rollout ignores the class; Grad-CAM follows it. Where they agree, the model "
+                                     "looks where it decides.")
+                    except CnnvizError as e:
+                        st.caption(f"No Grad-CAM to compare: {e}")

@@ -52,6 +52,21 @@ class Server:
         self.log.close()
 
 
+def click_chart(page, chart, dx: float, dy: float) -> None:
+    """Click a square Plotly chart (a map, drawn centred in its box) at `dx` box heights
+    right of the box's centre and `dy` box heights below its top. Plotly only
+    clicks what it hovers: scroll it into view, move onto the point in a few steps, wait
+    for the hover label, then click. Read what was clicked from the page afterwards (a
+    label read while Plotly still moves it may name the previous point)."""
+    chart.scroll_into_view_if_needed()
+    box = chart.bounding_box()
+    x, y = box["x"] + box["width"] * 0.5 + box["height"] * dx, box["y"] + box["height"] * dy
+    page.mouse.move(x + 30, y + 30)
+    page.mouse.move(x, y, steps=6)
+    expect(page.locator(".hovertext").first).to_be_visible(timeout=10_000)
+    page.mouse.click(x, y)
+
+
 @pytest.fixture(scope="module")
 def browser():
     # Skipped here rather than at import, so `-m "not browser"` deselects these modules

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from .browser import browser, expect, server, wait_idle  # noqa: F401 (fixtures)
+from .browser import browser, click_chart, expect, server, wait_idle  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.browser
 
@@ -15,18 +15,11 @@ def test_click_a_unit_and_see_its_field(browser, server):
     wait_idle(page)
     overlay = page.locator(".st-key-rf_image image").first  # the picture inside the Plotly figure
     before = overlay.get_attribute("href")
-    chart = page.locator(".st-key-rf_map")
-    chart.scroll_into_view_if_needed()
-    box = chart.bounding_box()
-    x, y = box["x"] + box["width"] * 0.5 - box["height"] * 0.35, box["y"] + box["height"] * 0.15
-    page.mouse.move(x + 30, y + 30)
-    page.mouse.move(x, y, steps=6)  # Plotly only clicks what it hovers
-    expect(page.locator(".hovertext").first).to_contain_text("unit", timeout=10_000)
-    i, j = re.search(r"unit \((\d+), (\d+)\)", page.locator(".hovertext").first.text_content()).groups()
-    assert (i, j) != ("6", "6")
-    page.mouse.click(x, y)
-    expect(page.get_by_text(f"Unit ({i}, {j}) of")).to_be_visible(timeout=60_000)
+    click_chart(page, page.locator(".st-key-rf_map"), -0.35, 0.15)  # a unit near the top left, not (6, 6)
+    expect(page.get_by_text("Unit (6, 6) of")).to_have_count(0, timeout=60_000)
     wait_idle(page)
+    caption = page.get_by_text(re.compile(r"Unit \(\d+, \d+\) of"))
+    i, j = re.search(r"Unit \((\d+), (\d+)\)", caption.text_content()).groups()
     expect(page.locator(f'.st-key-rf_image image[href="{before}"]')).to_have_count(0, timeout=30_000)
     expect(page.locator(".st-key-rf_image image")).not_to_have_count(0)
     assert f"y={i}" in page.url and f"x={j}" in page.url

@@ -83,7 +83,10 @@ def _defaults_from_url() -> None:
     ss = st.session_state
     if "model_id" not in ss:
         wanted = st.query_params.get("model", models.BUNDLED_ID)
-        ss["model_id"] = wanted if wanted in _catalog() else models.BUNDLED_ID
+        ss["model_id"] = wanted if models.servable(wanted) else models.BUNDLED_ID
+        if ss["model_id"] != wanted:
+            why = ("is larger than this server loads" if models.known(wanted) else "is not a model this app knows")
+            ss["model_link_error"] = f"The link's model {str(wanted)[:80]!r} {why}; showing the bundled model."
     if "image" not in ss:
         wanted = st.query_params.get("sample", DEFAULT_SAMPLE)
         use_sample(wanted if wanted in sample_paths() else DEFAULT_SAMPLE)
@@ -127,8 +130,12 @@ def _catalog() -> dict[str, models.Entry]:
 def _model_label(entry: models.Entry | None, own: dict | None, model_id: str) -> str:
     if own is not None and model_id == own["id"]:
         return f"Your model: {own['label']}"
+    if entry is None:  # an id from a link or the CLI's range, beyond the picker's list
+        return model_id.removeprefix("torchvision:").replace("@random", " · untrained")
     if entry.source == "bundled":
         return f"{entry.label} · bundled, offline"
+    if entry.source == "random":
+        return f"{entry.label} · untrained (random weights), offline"
     if entry.available:
         return f"{entry.label} · cached"
     running = models.downloading(model_id)
@@ -164,12 +171,17 @@ def _model_picker() -> models.Model:
     own, own_model = _own()  # the session keeps a key, never the Model
     options = list(entries) + ([own["id"]] if own else [])
     if ss["model_id"] not in options:
-        ss["model_id"] = models.BUNDLED_ID
+        if models.servable(ss["model_id"]):  # any id the CLI takes, from a link (size-bounded)
+            options.append(ss["model_id"])
+        else:
+            ss["model_id"] = models.BUNDLED_ID
     st.selectbox(
         "Network", options, key="model_id",
         format_func=lambda mid: _model_label(entries.get(mid), own, mid),
         help="Torchvision models download once, then load from the local cache.",
     )
+    if ss.get("model_link_error"):
+        st.warning(ss.pop("model_link_error"))
     if ss.get("own_evicted"):
         if ss["model_id"] == models.BUNDLED_ID:
             st.warning(ss["own_evicted"])
