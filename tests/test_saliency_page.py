@@ -92,7 +92,8 @@ def test_layer_sweep_matches_single_layer_gradcam(bundled, samples):
 
 
 def test_only_the_open_tab_computes(page):
-    assert [t.label for t in page.tabs] == ["Map", "Methods side by side", "Layer sweep", "Trust checks"]
+    assert [t.label for t in page.tabs] == ["Map", "Methods side by side", "Layer sweep", "Trust checks",
+                                            "Attention (transformers)"]
     with pytest.raises(KeyError):  # the grid's four methods wait until their tab is opened
         page.multiselect(key="sal_grid")
     page.session_state["view"] = "Methods side by side"
