@@ -105,6 +105,11 @@ class AttentionSpec(Spec):
         return AttentionSpec(block, head, patch, bool(self.rollout))
 
 
+def heads(model: Model) -> int:
+    """Attention heads per block (the same in every block of a ViT)."""
+    return _mha(model, blocks(model)[-1]).num_heads
+
+
 def grid_side(model: Model) -> int:
     """Patches per side at the model's input size (14 for ViT-B/16 at 224)."""
     return model.input_size[0] // model.net.patch_size

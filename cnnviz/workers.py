@@ -127,7 +127,7 @@ class Worker:
             self._send("job", model.fingerprint, module, spec, image)
         except (BrokenPipeError, OSError):
             raise self._died() from None
-        stopping = None  # when the stop was sent
+        answered = False  # the worker's own "done" or "error" came
         try:
             while True:
                 try:
@@ -136,34 +136,30 @@ class Worker:
                 except (EOFError, OSError):
                     raise self._died() from None
                 if msg is None:
-                    if stopping is None:
-                        progress.check()  # a stop asked from the caller's side
-                    elif time.monotonic() - stopping > STOP_GRACE_S:
-                        self.proc.kill()
-                        raise self._died()
+                    progress.check()  # a stop asked from the caller's side
                     continue
                 kind, *rest = msg
                 if kind == "need":
                     self._send("model", portable(model))
                 elif kind == "progress":
-                    if stopping is None:
-                        progress(*rest)
+                    progress(*rest)
                 elif kind == "done":
+                    answered = True
                     return rest[0]
                 else:
+                    answered = True
                     error, text = rest
                     if not isinstance(error, CnnvizError):
                         sys.stderr.write(f"cnnviz worker job failed:\n{text}")
                     raise error
         except BaseException:
-            # A stop from either side (a rerun raised in `progress`, `Cancelled` from
+            # A stop from the caller's side (a rerun raised in `progress`, `Cancelled` from
             # `check`): the worker ends within one batch; wait for its answer so the next
-            # job finds the pipes clean.
-            if stopping is None and self.alive:
-                stopping = time.monotonic()
+            # job finds the pipes clean. (A worker that answered, or died, needs neither.)
+            if not answered and self.alive:
                 with contextlib.suppress(OSError):
                     os.kill(self.proc.pid, signal.SIGUSR1)
-                self._drain(stopping)
+                self._drain(time.monotonic())
             raise
 
     def _drain(self, since: float) -> None:

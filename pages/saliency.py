@@ -189,7 +189,7 @@ if tab_att.open:
             st.info(f"{e} Pick ViT-B/16 (or its untrained twin, which works offline) under Network in the sidebar.")
             n_blocks = 0
         if n_blocks:
-            heads = ATT._mha(model, ATT.blocks(model)[-1]).num_heads
+            heads = ATT.heads(model)
             g = ATT.grid_side(model)
             restore_number("att_block", "block", 0, n_blocks - 1)
             restore("att_head", "head", lambda v: v == "mean" or 0 <= int(v) < heads,

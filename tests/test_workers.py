@@ -128,6 +128,19 @@ def test_a_worker_killed_mid_job_fails_that_job_only(served, bundled, cat):
     assert served.run(bundled, cat, adversarial.AttackSpec(method="pgd", eps=8, steps=6)).steps == 6
 
 
+def test_a_job_that_fails_in_the_worker_answers_at_once_and_the_worker_stays(served, bundled, cat):
+    from .worker_jobs import FailingSpec
+
+    served.run(bundled, cat, adversarial.AttackSpec(method="pgd", eps=8, steps=6))
+    pid = worker_of(served).proc.pid
+    t = time.monotonic()
+    with pytest.raises(CnnvizError, match="cannot answer"):
+        served.run(bundled, cat, FailingSpec())
+    assert time.monotonic() - t < workers.STOP_GRACE_S / 2  # no stop signal, no wait for an answer already read
+    assert worker_of(served).proc.pid == pid
+    assert served.run(bundled, cat, adversarial.AttackSpec(method="pgd", eps=8, steps=6)).steps == 6
+
+
 def test_errors_come_back_as_the_users_message():
     e = workers._portable_error(NotFound("layer", "conv9", ["conv1", "conv2"]))
     assert isinstance(e, CnnvizError) and "conv9" in str(e) and "conv1" in str(e)
