@@ -89,6 +89,18 @@ MAX_NOISE_INPUTS = 256
 # Model randomization steps of the trust checks (the page uses 6): the cascade has at most one
 # step per block of the network anyway, and each step costs every method's map once more.
 MAX_TRUST_STEPS = 64
+# The Convolution page. The output-size rule takes any layer a real network has (the
+# largest inputs here are a few thousand pixels; kernels, paddings, strides and dilations
+# are single or double digits); the playground draws its grid only up to DRAW_SIDE cells of
+# padded input a side, and animates it (one frame per output unit) up to DRAW_FRAMES units:
+# Plotly validates every frame, ~2.5 ms of server CPU each, so 400 frames cost ~1 s (2,304, a
+# 48 x 48 output, cost 6 s). The softmax temperature spans sharp to flat.
+CONV_SIDE = 100_000
+CONV_KNOB = 1_000  # kernel, stride, dilation, padding of one layer (the largest real ones: 11, 4, 32, 10)
+CONV_CHANNELS = 100_000
+DRAW_SIDE = 48
+DRAW_FRAMES = 400
+TEMPERATURE = (0.05, 20.0)
 
 
 # ---------------------------------------------------------------- memory (per process, every session together)

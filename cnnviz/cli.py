@@ -299,6 +299,21 @@ def cmd_models(args) -> dict:
     ]}
 
 
+def cmd_unit(args) -> dict:
+    from . import unit
+
+    image = _image(args.image)
+    model = _model(args)
+    return _run(model, image, unit.UnitSpec(args.layer or "", args.y, args.x, args.channel)).to_dict()
+
+
+def cmd_convsize(args) -> dict:
+    from . import arithmetic
+
+    o = arithmetic.output_size(args.input, args.kernel, args.padding, args.stride, args.dilation)
+    return {**o.to_dict(), "drop": arithmetic.drop_sentence(o)}
+
+
 def cmd_layers(args) -> dict:
     from .activations import LayersSpec
 
@@ -386,6 +401,15 @@ def _print_human(cmd: str, out: dict) -> None:
         r, c = divmod(int(m.argmax()), m.shape[1])
         print(f"{out['model']}, {what} {out['block']}{head}, query {out['query']}: "
               f"{out['grid'][0]}x{out['grid'][1]} patches; most attended ({r}, {c}) with {m.max():.1%}")
+    elif cmd == "unit":
+        c, ok = out["channel"], "agrees" if out["agrees"] else "DISAGREES"
+        print(f"{out['layer']} ({out['kind']}) of {out['model']}, unit ({out['y']}, {out['x']}) of channel {c}: "
+              f"reads channels {out['channels'][0]}..{out['channels'][-1]}, patch {out['patch_shape']}")
+        for step in out["steps"]:
+            print(f"  {step['name']:<36} {step['value']:12.6g}   recorded {step['recorded']:12.6g}   {step['formula']}")
+        print(f"  worked {out['worked']:.8g}, recorded {out['recorded']:.8g}: {ok} (relative error {out['error']:.1e})")
+    elif cmd == "convsize":
+        print(out["formula"] + ("" if out["exact"] else "\n" + out["drop"]))
     elif cmd == "sweep":
         smallest = "none" if out["smallest"] is None else f"{out['smallest']:g}/255"
         print(f"{out['model']} on {out['image']}: the smallest budget that changes the decision: {smallest}")
@@ -489,6 +513,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sort", choices=("index", "norm"), default="norm", help="tile order (default: norm)")
     sp.add_argument("--filter", type=int, help="deeper layers: which filter's input channels to draw "
                                                "(default: the strongest)")
+    sp = add("unit", cmd_unit, "One unit worked out by hand: patch x kernel, the sums, the bias, then each step "
+                               "(BatchNorm, activation), checked against the recorded activation.")
+    sp.add_argument("image")
+    sp.add_argument("--layer", help="a convolution or pooling layer from `layers` (default: the first convolution)")
+    sp.add_argument("--y", type=int, help="output row (default: the centre)")
+    sp.add_argument("--x", type=int, help="output column (default: the centre)")
+    sp.add_argument("--channel", type=int, default=0, help="output channel (default 0)")
+    sp = add("convsize", cmd_convsize, "The output size of a convolution or pooling layer: (W - F + 2P) / S + 1.",
+             model=False)
+    sp.add_argument("--input", type=int, required=True, metavar="W", help="input width (or height)")
+    sp.add_argument("--kernel", type=int, required=True, metavar="F")
+    sp.add_argument("--padding", type=int, default=0, metavar="P")
+    sp.add_argument("--stride", type=int, default=1, metavar="S")
+    sp.add_argument("--dilation", type=int, default=1, metavar="D")
     sp = add("rf", cmd_rf, "Receptive field of a unit (box in input pixels), and its effective field on an image.")
     sp.add_argument("--layer", help="a layer name from `layers` (e.g. _blocks.8._project_conv)")
     sp.add_argument("--y", type=int, help="unit row (default: the centre unit)")

@@ -223,6 +223,70 @@ def record_reduced(model, x: torch.Tensor, reduce, layers=None) -> tuple[torch.T
     return logits, rec.reduced
 
 
+def record_io(model, x: torch.Tensor, calls: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """One forward pass of `model.net` on `x` that keeps the first input and the output of
+    each of `calls` (call names, as `Recorder` has them), copied inside the hook (a later
+    in-place op cannot change them); the pass ends at the last of them. {call: (input, output)}."""
+    net = model.net
+    all_named = dict(net.named_modules())
+    wanted: dict[str, set[int]] = {}
+    for call in calls:
+        base, k = split_call(call)
+        if base not in all_named or not base:
+            raise KeyError(call)
+        wanted.setdefault(base, set()).add(k)
+    found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    seen: dict[str, int] = {}
+
+    def hook_of(base: str):
+        def hook(module, inputs, output):
+            k = seen.get(base, 0)
+            seen[base] = k + 1
+            if k in wanted[base] and inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
+                found[f"{base}#{k}" if k else base] = (inputs[0].detach().clone(), output.detach().clone())
+                if len(found) == len(calls):
+                    raise Enough
+        return hook
+
+    with model.lock:
+        handles = [all_named[b].register_forward_hook(hook_of(b)) for b in wanted]
+        try:
+            with torch.no_grad():
+                net(x)
+        except Enough:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+    return found
+
+
+def functional_calls(model, module: nn.Module, x: torch.Tensor, names: set[str]) -> list[tuple[str, dict]]:
+    """Run `module` on `x` once and list the torch functions named in `names` that its
+    forward calls (e.g. "pad", "conv2d"), in order, each with its arguments bound to the
+    parameter names torch documents for it where known. How one layer really computes,
+    whatever its class does around its convolution (EfficientNet-Lite pads in `forward`)."""
+    from torch.overrides import TorchFunctionMode
+
+    found: list[tuple[str, dict]] = []
+
+    class Spy(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            if name in names:
+                bound = dict(zip(_PARAMS.get(name, ()), args)) if name in _PARAMS else {"args": args}
+                found.append((name, {**bound, **(kwargs or {})}))
+            return func(*args, **(kwargs or {}))
+
+    with model.lock, torch.no_grad(), Spy():
+        module(x)
+    return found
+
+
+_PARAMS = {"conv2d": ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+           "pad": ("input", "pad", "mode", "value")}
+
+
 def _forward(rec: Recorder, x: torch.Tensor) -> torch.Tensor | None:
     try:
         return rec.net(x)

@@ -32,6 +32,12 @@ def classify(model: Model, x: torch.Tensor) -> np.ndarray:
         return model.pixel_net(x).double().softmax(-1).numpy()
 
 
+def logits(model: Model, image: Image.Image | torch.Tensor) -> np.ndarray:
+    """The network's logits for one image, float64 [num_classes] (float32 network)."""
+    with torch.inference_mode():
+        return model.pixel_net(model.to_pixels(image)).double()[0].numpy()
+
+
 def probabilities(model: Model, image: Image.Image | torch.Tensor) -> np.ndarray:
     """Softmax over the model's classes for one image, float64 [num_classes]."""
     return classify(model, model.to_pixels(image))[0]
@@ -61,12 +67,14 @@ class PredictSpec(Spec):
 class Prediction(Result):
     top: list[Top]
     probs: np.ndarray = field(repr=False)  # float64 [num_classes]; not in the JSON
+    logits: np.ndarray | None = field(default=None, repr=False)  # float64 [num_classes]: what the softmax took
 
 
 def run(model: Model, image, spec: PredictSpec = PredictSpec(), *, progress: Progress | None = None) -> Prediction:
     spec = spec.check(model)
-    probs = probabilities(model, image)
-    return Prediction(top_k(model, probs, spec.topk), probs)
+    z = logits(model, image)  # one pass; the softmax as `classify` takes it (float64)
+    probs = torch.from_numpy(z).softmax(-1).numpy()
+    return Prediction(top_k(model, probs, spec.topk), probs, z)
 
 
 class UnknownClass(CnnvizError):

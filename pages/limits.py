@@ -4,6 +4,7 @@ from cnnviz import limits as L
 from cnnviz import models, render
 from cnnviz.app import cache
 from cnnviz.app.clicks import new_click
+from cnnviz.app.lecture import big_type, is_on
 from cnnviz.app.router import selection
 from cnnviz.app.url import note, restore, restore_number
 from cnnviz.contract import CnnvizError
@@ -75,7 +76,7 @@ others.setdefault("torchvision:resnet18@random", "ResNet-18, random init (a netw
 SEEDS = (0, 2**31 - 1)
 
 restore("lim_demo", "demo", lambda v: v in DEMOS, why=f"the demos are {', '.join(DEMOS)}")
-restore("lim_lecture", "lecture", lambda v: True, lambda s: s.lower() in ("1", "true", "on", "yes"))
+restore("lim_lecture", "lecture", lambda v: True, is_on)
 restore_number("lim_seed", "seed", *SEEDS)
 restore_number("lim_point", "point", 0, L.MAX_POINTS - 1)
 restore("lim_values", "values", lambda v: bool(v.strip()), why="give values, e.g. 0,15,30 or 0:360:15")
@@ -108,11 +109,8 @@ lecture = bool(ss["lim_lecture"])
 demo = ss["lim_demo"]
 t = L.TRANSFORMS[demo]
 
-if lecture:  # big type for the projector
-    st.html("<style>.stMainBlockContainer .stMarkdown p, .stMainBlockContainer .stAlert p {font-size: 1.6rem "
-            "!important; line-height: 1.45;} .stMainBlockContainer h1 {font-size: 3.2rem !important;} "
-            ".stMainBlockContainer h2 {font-size: 2.4rem !important;} "
-            ".stMainBlockContainer [data-testid='stCaptionContainer'] p {font-size: 1.3rem !important;}</style>")
+if lecture:
+    big_type()
 
 # ---------------------------------------------------------------- header and controls
 

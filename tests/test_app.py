@@ -214,7 +214,10 @@ def test_every_run_gets_its_own_page_objects():
     from cnnviz.app.pages import pages
 
     first, second = pages(), pages()
-    assert len(first) == len(second) == 7
+    files = sorted(p.name for p in (ROOT / "pages").glob("*.py"))
+    assert len(first) == len(second) == len(files) == 8  # every file under pages/ is in the navigation
+    listed = (ROOT / "cnnviz" / "app" / "pages.py").read_text().split('st.Page("pages/')[1:]
+    assert [entry.split('"')[0] for entry in listed][:2] == ["home.py", "convolution.py"]  # second, after Home
     assert not {id(p) for p in first} & {id(p) for p in second}
     app = (ROOT / "app.py").read_text()
     assert "st.navigation(pages())" in app and "PAGES" not in app

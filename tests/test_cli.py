@@ -87,7 +87,7 @@ def test_bad_input_exit_2_one_line(capsys, samples, argv, words):
 def test_internal_error_exit_1(capsys, monkeypatch, samples):
     import cnnviz.predict
 
-    monkeypatch.setattr(cnnviz.predict, "probabilities", lambda *a: 1 / 0)
+    monkeypatch.setattr(cnnviz.predict, "logits", lambda *a: 1 / 0)
     assert main(["predict", str(samples["cat"])]) == 1
     assert capsys.readouterr().err.strip() == "cnnviz: internal error: ZeroDivisionError: division by zero"
 

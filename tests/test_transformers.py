@@ -183,7 +183,7 @@ def test_a_link_to_an_unknown_or_oversized_model_says_so():
     assert any("not a model this app knows" in w.value for w in at.warning)
 
 
-PAGES = ["home.py", "activations.py", "saliency.py", "filters.py", "receptive_fields.py", "adversarial.py", "limits.py"]
+PAGES = ["home.py", "convolution.py", "activations.py", "saliency.py", "filters.py", "receptive_fields.py", "adversarial.py", "limits.py"]
 
 
 @pytest.mark.parametrize("model_id", ["torchvision:vit_b_16@random", "torchvision:swin_t@random"])

@@ -76,6 +76,13 @@ PAGES: dict[str, dict[str, list[str]]] = {
                   "values": ["0,15,30", "1", "112", "0:360:1", "0:1e300:1e-300", "0,1", "2"],
                   "seed": ["0", "3"], "point": ["0", "1", "399", "400"], "compare": MODELS,
                   "lecture": ["1", "0", "yes"]},
+    "convolution.py": {"cv_view": ["Arithmetic playground", "One unit of the network", "Softmax", "nope"],
+                       "size": ["1", "7", "48", "1024", "1025"], "kernel": ["1", "3", "11", "12"],
+                       "pad": ["0", "10", "11"], "stride": ["1", "8", "9"], "dil": ["1", "4", "5"],
+                       "toy": ["edges", "blur", "identity", "nope"], "cin": ["1", "4096", "4097"],
+                       "cout": ["1", "4097"], "layer": [*LAYERS, "_avg_pooling", "_blocks.1._depthwise_conv", "maxpool"],
+                       "y": ["0", "55", "56", "111", "112"], "x": ["0", "3", "111"], "channel": ["0", "95", "96"],
+                       "ich": ["0", "23", "24"], "t": ["0.05", "1", "10", "20", "0"]},
 }
 COMMON = {"model": MODELS, "sample": SAMPLES, "lecture": ["1"], "zz_unknown": [], "\u00fc": []}
 # Where each page's deeper paths start: random values are laid over one of these.
@@ -87,6 +94,7 @@ SCENARIOS: dict[str, list[dict[str, str]]] = {
     "saliency.py": [{}, {"method": "gradcam"}, {"view": "Methods side by side"}, {"view": "Layer sweep"}],
     "adversarial.py": [{"attack": "fgsm"}, {"attack": "pgd"}],
     "limits.py": [{}, {"preset": "custom"}, {"demo": "occlude", "preset": "custom"}],
+    "convolution.py": [{}, {"cv_view": "One unit of the network"}, {"cv_view": "Softmax"}],
 }
 # The links the issue found, and their kin: always tried, before the generated ones.
 KNOWN: dict[str, list[dict[str, str]]] = {
@@ -101,6 +109,8 @@ KNOWN: dict[str, list[dict[str, str]]] = {
     "limits.py": [{"demo": "occlude", "preset": "custom", "values": "1"},  # 50,176 positions
                   {"demo": "rotate", "preset": "custom", "values": "0:inf:1"},  # was an OverflowError
                   {"demo": "rotate", "preset": "custom", "values": "nan:1:1"}],  # was a ValueError
+    "convolution.py": [{"size": "1024", "kernel": "11", "pad": "10", "stride": "1", "dil": "4"},  # no drawing
+                       {"cv_view": "One unit of the network", "layer": "_avg_pooling", "y": "1e309", "ich": "-1"}],
 }
 
 

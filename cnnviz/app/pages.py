@@ -10,6 +10,7 @@ def pages() -> list[StreamlitPage]:
     raced on it ("This page cannot be called directly": 20 of 30 sessions in bench_load)."""
     return [
         st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("pages/convolution.py", title="Convolution", icon=":material/calculate:"),
         st.Page("pages/activations.py", title="Activations", icon=":material/grid_view:"),
         st.Page("pages/filters.py", title="Filters", icon=":material/filter:"),
         st.Page("pages/receptive_fields.py", title="Receptive fields", icon=":material/center_focus_strong:"),
