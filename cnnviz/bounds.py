@@ -89,6 +89,12 @@ MAX_NOISE_INPUTS = 256
 # Model randomization steps of the trust checks (the page uses 6): the cascade has at most one
 # step per block of the network anyway, and each step costs every method's map once more.
 MAX_TRUST_STEPS = 64
+# Training LeNet-5 (the Train page, `cnnviz train`): epochs, batch size, and images taken from
+# a dataset (MNIST's 60,000 would make an epoch ~40 s here; the bundled digits are 1,797). A
+# job's cost is counted in batches (see lenet.TrainSpec.passes), so MAX_PASSES bounds it too.
+MAX_EPOCHS = 100
+MAX_TRAIN_BATCH = 512
+MAX_TRAIN_IMAGES = 20_000
 # The Convolution page. The output-size rule takes any layer a real network has (the
 # largest inputs here are a few thousand pixels; kernels, paddings, strides and dilations
 # are single or double digits); the playground draws its grid only up to DRAW_SIDE cells of

@@ -314,6 +314,22 @@ def cmd_convsize(args) -> dict:
     return {**o.to_dict(), "drop": arithmetic.drop_sentence(o)}
 
 
+def cmd_train(args) -> dict:
+    import torch
+
+    from . import lenet
+
+    spec = lenet.TrainSpec(args.data, args.epochs, args.lr, args.batch, args.seed)
+    model = models.untrained_lenet(args.variant, args.seed)
+    result = jobs.run(model, None, spec, progress=_stderr_progress)
+    if args.out:
+        try:
+            torch.save(result.state_dict, args.out)
+        except OSError as e:
+            raise UsageError(f"cannot write {args.out}: {e.strerror or e}") from None
+    return {**result.to_dict(), "out": args.out}
+
+
 def cmd_layers(args) -> dict:
     from .activations import LayersSpec
 
@@ -408,6 +424,12 @@ def _print_human(cmd: str, out: dict) -> None:
         for step in out["steps"]:
             print(f"  {step['name']:<36} {step['value']:12.6g}   recorded {step['recorded']:12.6g}   {step['formula']}")
         print(f"  worked {out['worked']:.8g}, recorded {out['recorded']:.8g}: {ok} (relative error {out['error']:.1e})")
+    elif cmd == "train":
+        for e in out["epochs"]:
+            print(f"  epoch {e['epoch']:>3}  loss {e['loss']:.4f}  train {e['train_accuracy']:6.1%}  "
+                  f"test {e['test_accuracy']:6.1%}")
+        print(f"LeNet-5 ({out['variant']}) on {out['data']}: test accuracy {out['test_accuracy']:.1%} in "
+              f"{out['seconds']:.1f} s" + (f"; saved to {out['out']}" if out["out"] else ""))
     elif cmd == "convsize":
         print(out["formula"] + ("" if out["exact"] else "\n" + out["drop"]))
     elif cmd == "sweep":
@@ -439,7 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(fn=fn)
         if model:
-            sp.add_argument("--model", help="efficientnet_lite0 (default), torchvision:NAME or torchvision:NAME@random")
+            sp.add_argument("--model", help="efficientnet_lite0 (default), torchvision:NAME, torchvision:NAME@random, "
+                                            "or lenet:PATH (a LeNet-5 saved by `train --out`)")
             own = sp.add_argument_group("your own weights (instead of --model)")
             own.add_argument("--weights", metavar="PATH",
                              help="a state dict (.pt/.pth from torch.save(model.state_dict()), or .safetensors), "
@@ -556,6 +579,19 @@ def build_parser() -> argparse.ArgumentParser:
                                   "png_success says whether the reloaded file still fools the model")
     sp = add("sweep", cmd_sweep, "The same attack at growing budgets: the smallest one that changes the decision.")
     attack_args(sp, single=False)
+    from .lenet import DATA, VARIANTS
+
+    sp = add("train", cmd_train, "Train LeNet-5 on handwritten digits; --out saves it for --model lenet:PATH.",
+             model=False)
+    sp.add_argument("--data", choices=list(DATA), default="digits",
+                    help="digits: scikit-learn's bundled 1,797 (offline, default); mnist: downloaded once")
+    sp.add_argument("--variant", choices=list(VARIANTS), default="classic",
+                    help="classic: tanh and average pooling, as published (default); modern: ReLU, max pooling")
+    sp.add_argument("--epochs", type=int, default=15)
+    sp.add_argument("--lr", type=float, default=0.003, help="Adam's learning rate (default 0.003)")
+    sp.add_argument("--batch", type=int, default=32, help="mini-batch size (default 32)")
+    sp.add_argument("--seed", type=int, default=0, help="the split, the batches and the initial weights")
+    sp.add_argument("--out", help="write the trained state dict (.pt), for --model lenet:PATH")
     add("models", cmd_models, "Models on offer and whether each works offline.", model=False)
     add("layers", cmd_layers, "Inspectable layers in execution order, with output shapes.")
     sp = add("download", cmd_download, "Fetch a torchvision model's weights into the local cache.", model=False)

@@ -103,9 +103,14 @@ def _classification_models() -> frozenset[str]:
 
 
 def load(model_id: str, progress: Progress | None = None) -> Model:
-    """Build the model for an id; torchvision weights download once (with progress)."""
+    """Build the model for an id; torchvision weights download once (with progress).
+    `lenet:PATH` is a LeNet-5 state dict saved by cnnviz (`train --out`, the Train page)."""
     if model_id == BUNDLED_ID:
         return _bundled()
+    if model_id.startswith("lenet:"):
+        path = model_id.removeprefix("lenet:")
+        return lenet_checkpoint(files.read(path, bounds.WEIGHTS_BYTES, "weights", ModelError, name=path),
+                                Path(path).name)
     if model_id.startswith("torchvision:"):
         name, _, variant = model_id.removeprefix("torchvision:").partition("@")
         if variant not in ("", "random"):
@@ -278,6 +283,46 @@ def _pretty(name: str) -> str:
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 _WEIGHTS_HINT = "Save only `model.state_dict()` (no optimizer state), or fine-tune a smaller architecture."
+
+
+# ---------------------------------------------------------------- LeNet-5 (cnnviz.lenet)
+
+def lenet(net: nn.Module, model_id: str, label: str) -> Model:
+    """A LeNet-5 as a Model: 32 x 32 pixels in [0, 1] (the network reads its own ink), classes "0" to "9"."""
+    from . import lenet as L
+
+    return finish(Model(id=model_id, net=net, categories=list(L.CLASSES), mean=(0.0,) * 3, std=(1.0,) * 3,
+                        input_size=(L.SIDE, L.SIDE), resize_size=L.SIDE, source="lenet", label=label))
+
+
+def untrained_lenet(variant: str = "classic", seed: int = 0) -> Model:
+    """The LeNet-5 a training job starts from."""
+    from . import lenet as L
+
+    return lenet(L.fresh(variant, seed), f"lenet:{variant}@seed{seed}", f"LeNet-5 {variant}, untrained (seed {seed})")
+
+
+def lenet_checkpoint(data: bytes, filename: str) -> Model:
+    """A LeNet-5 state dict saved by cnnviz, checked as any uploaded checkpoint is (size, tensors
+    only, every key's shape, finite values) before it is loaded."""
+    from . import lenet as L
+
+    files.check_size(len(data), bounds.WEIGHTS_BYTES, filename, "weights", ModelError, _WEIGHTS_HINT)
+    sd = _read_state_dict(data, filename)
+    try:
+        variant = L.variant_of(sd)
+    except L.TrainError as e:
+        raise ModelError(f"{filename}: {e}") from None
+    net = L.LeNet5(variant)
+    problem = first_mismatch(net.state_dict(), sd)
+    if problem:
+        raise ModelError(f"{filename} does not fit LeNet-5 ({variant}): {problem}.")
+    bad = next((k for k, t in sd.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:
+        raise ModelError(f"{filename} cannot be used: the key {_name(bad)} holds NaN or infinite values.")
+    net.load_state_dict(sd)
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    return lenet(net, f"lenet:{digest}", f"{filename} (LeNet-5 {variant})")
 
 
 def load_checkpoint(arch: str, data: bytes, filename: str, labels: list[str] | None = None) -> Model:
