@@ -1,7 +1,7 @@
 """Training LeNet-5 on the bundled digits (issue #17's bar: the default run reaches >= 95% test
 accuracy in <= 30 s on this 2-core machine). Times the default run through the job runner
-(`cnnviz train`'s path) against a bare loop (the same network, data, optimizer and batches,
-nothing else: no per-epoch evaluation, no progress, no runner), interleaved; medians.
+(`cnnviz train`'s path) against a bare loop (the same network, data, optimizer and steps,
+`lenet.epoch_steps`, and nothing else: no per-epoch evaluation, no progress, no runner), interleaved; medians.
 
     python bench/bench_lenet.py [--repeats 3]
 """
@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -28,13 +27,7 @@ def bare(variant: str, spec: lenet.TrainSpec):
         opt = torch.optim.Adam(net.parameters(), lr=spec.lr)
         gen = torch.Generator().manual_seed(spec.seed + 1)
         for _ in range(spec.epochs):
-            order = train[torch.randperm(len(train), generator=gen)]
-            for k in range(0, len(order), spec.batch):
-                idx = order[k: k + spec.batch]
-                loss = F.cross_entropy(net(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            lenet.epoch_steps(net, opt, x, y, train[torch.randperm(len(train), generator=gen)], spec.batch)
     return go
 
 

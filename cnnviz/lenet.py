@@ -10,6 +10,7 @@ other (`models.lenet`), so every page works on it.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 
@@ -92,6 +93,7 @@ def variant_of(state_dict: dict) -> str:
 
 # ---------------------------------------------------------------- data
 
+@functools.cache  # made once per process (~0.2 s): read-only, every job and page shares it
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 1,797 digits as pixels [N, 3, 32, 32] in [0, 1] (grey, light on dark)
     and labels [N]: the 8 x 8 images (0-16) upsampled to 28 x 28, padded to 32 x 32."""
@@ -185,6 +187,22 @@ def _evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, 
     return float((pred == y).float().mean()), pred
 
 
+def epoch_steps(net: nn.Module, opt, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, batch: int,
+                each=lambda: None) -> float:
+    """One epoch of mini-batch steps over `x[order]`; `each()` after every step (a stop
+    check). Returns the mean training loss."""
+    total = 0.0
+    for k in range(0, len(order), batch):
+        idx = order[k: k + batch]
+        loss = F.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+        each()
+    return total / len(order)
+
+
 def run(model, image, spec: TrainSpec = TrainSpec(), *, progress: Progress | None = None) -> Training:
     """Train a copy of `model.net` (an untrained LeNet-5); `image` is unused. Reports after
     each epoch with the curve so far and the first layer's filters as its preview."""
@@ -201,20 +219,12 @@ def run(model, image, spec: TrainSpec = TrainSpec(), *, progress: Progress | Non
     progress(0.0, f"epoch 0 of {spec.epochs}", {"epochs": [], "filters": filters[-1].numpy()})
     for epoch in range(1, spec.epochs + 1):
         order = train_i[torch.randperm(len(train_i), generator=gen)]
-        total, seen = 0.0, 0
-        for k in range(0, len(order), spec.batch):
-            idx = order[k: k + spec.batch]
-            loss = F.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, seen = total + float(loss.detach()) * len(idx), seen + len(idx)
-            progress.check()
+        loss = epoch_steps(net, opt, x, y, order, spec.batch, progress.check)
         net.eval()
         train_acc, _ = _evaluate(net, x[train_i], y[train_i])
         test_acc, _ = _evaluate(net, x[test_i], y[test_i])
         net.train()
-        history.append({"epoch": epoch, "loss": total / seen, "train_accuracy": train_acc, "test_accuracy": test_acc})
+        history.append({"epoch": epoch, "loss": loss, "train_accuracy": train_acc, "test_accuracy": test_acc})
         filters.append(net.conv1.weight.detach()[:, 0].clone())
         progress(epoch / spec.epochs, f"epoch {epoch} of {spec.epochs}: test accuracy {test_acc:.1%}",
                  {"epochs": list(history), "filters": filters[-1].numpy()})

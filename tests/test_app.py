@@ -215,9 +215,46 @@ def test_every_run_gets_its_own_page_objects():
 
     first, second = pages(), pages()
     files = sorted(p.name for p in (ROOT / "pages").glob("*.py"))
-    assert len(first) == len(second) == len(files) == 8  # every file under pages/ is in the navigation
+    assert len(first) == len(second) == len(files) == 9  # every file under pages/ is in the navigation
     listed = (ROOT / "cnnviz" / "app" / "pages.py").read_text().split('st.Page("pages/')[1:]
     assert [entry.split('"')[0] for entry in listed][:2] == ["home.py", "convolution.py"]  # second, after Home
     assert not {id(p) for p in first} & {id(p) for p in second}
     app = (ROOT / "app.py").read_text()
     assert "st.navigation(pages())" in app and "PAGES" not in app
+
+
+def test_a_camera_photo_goes_through_the_upload_intake(samples):
+    """The camera (off until asked for: no browser is asked for its camera on load) hands
+    its photo to the same intake as an upload: a bad one says why and keeps the image."""
+    from streamlit.testing.v1 import AppTest
+
+    from .apptest import open_page
+
+    at = open_page("home.py")
+    assert not at.get("camera_input")
+    at.toggle(key="camera_on").set_value(True).run()
+    assert not at.exception and len(at.get("camera_input")) == 1
+
+    def script():
+        import streamlit as st
+
+        from cnnviz.app import sidebar
+
+        class Shot:  # what st.camera_input returns: an UploadedFile
+            def __init__(self, data, file_id):
+                self.data, self.file_id, self.name = data, file_id, "image.jpg"
+
+            def getvalue(self):
+                return self.data
+
+        st.session_state.setdefault("image", {"name": "before.jpg"})
+        sidebar.take(Shot(st.session_state["shot"], st.session_state["shot_id"]), "camera_seen", "camera photo.jpg")
+        st.write(st.session_state.get("image_error") or f"image: {st.session_state['image']['name']}")
+
+    app = AppTest.from_function(script)
+    app.session_state["shot"], app.session_state["shot_id"] = b"\x89PNG not really", "a"
+    app.run()
+    assert not app.exception and "image: " not in app.markdown[0].value  # refused, with the reason
+    app.session_state["shot"], app.session_state["shot_id"] = samples["cat"].read_bytes(), "b"
+    app.run()
+    assert app.markdown[0].value == "image: camera photo.jpg"

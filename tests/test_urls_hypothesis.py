@@ -83,6 +83,8 @@ PAGES: dict[str, dict[str, list[str]]] = {
                        "cout": ["1", "4097"], "layer": [*LAYERS, "_avg_pooling", "_blocks.1._depthwise_conv", "maxpool"],
                        "y": ["0", "55", "56", "111", "112"], "x": ["0", "3", "111"], "channel": ["0", "95", "96"],
                        "ich": ["0", "23", "24"], "t": ["0.05", "1", "10", "20", "0"]},
+    "train.py": {"variant": ["classic", "modern", "nope"], "epochs": ["1", "15", "50", "51"],
+                 "lr": ["0.001", "0.003", "0.03", "1"], "batch": ["16", "128", "129"], "seed": ["0", "9999", "10000"]},
 }
 COMMON = {"model": MODELS, "sample": SAMPLES, "lecture": ["1"], "zz_unknown": [], "\u00fc": []}
 # Where each page's deeper paths start: random values are laid over one of these.
@@ -95,6 +97,7 @@ SCENARIOS: dict[str, list[dict[str, str]]] = {
     "adversarial.py": [{"attack": "fgsm"}, {"attack": "pgd"}],
     "limits.py": [{}, {"preset": "custom"}, {"demo": "occlude", "preset": "custom"}],
     "convolution.py": [{}, {"cv_view": "One unit of the network"}, {"cv_view": "Softmax"}],
+    "train.py": [{}],
 }
 # The links the issue found, and their kin: always tried, before the generated ones.
 KNOWN: dict[str, list[dict[str, str]]] = {
@@ -111,6 +114,7 @@ KNOWN: dict[str, list[dict[str, str]]] = {
                   {"demo": "rotate", "preset": "custom", "values": "nan:1:1"}],  # was a ValueError
     "convolution.py": [{"size": "1024", "kernel": "11", "pad": "10", "stride": "1", "dil": "4"},  # no drawing
                        {"cv_view": "One unit of the network", "layer": "_avg_pooling", "y": "1e309", "ich": "-1"}],
+    "train.py": [{"epochs": "1e309", "batch": "0", "lr": "nan"}],
 }
 
 

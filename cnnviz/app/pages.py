@@ -17,4 +17,5 @@ def pages() -> list[StreamlitPage]:
         st.Page("pages/saliency.py", title="Saliency", icon=":material/local_fire_department:"),
         st.Page("pages/adversarial.py", title="Adversarial", icon=":material/bug_report:"),
         st.Page("pages/limits.py", title="CNN limits", icon=":material/warning:"),
+        st.Page("pages/train.py", title="Train a CNN", icon=":material/model_training:"),
     ]

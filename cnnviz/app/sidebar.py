@@ -289,6 +289,19 @@ def _release(*uploads: UploadedFile | None) -> None:
 
 # ---------------------------------------------------------------- image
 
+def take(file, seen_key: str, name: str | None = None) -> None:
+    """A new file from an uploader or the camera becomes the image (`use_upload`: the same
+    checks for both, a bad one says why and keeps the old image), once per file."""
+    ss = st.session_state
+    if file is None or file.file_id == ss.get(seen_key):
+        return
+    ss[seen_key] = file.file_id
+    try:
+        use_upload(name or file.name, file.getvalue())
+    finally:
+        _release(file)  # the session keeps what use_upload kept, not Streamlit's copy
+
+
 def _image_picker() -> None:
     ss = st.session_state
     current = ss["image"].get("sample")
@@ -300,14 +313,12 @@ def _image_picker() -> None:
                 name, key=f"sample_{name}", on_click=use_sample, args=(name,),
                 type="primary" if name == current else "tertiary", width="stretch",
             )
-    upload = st.file_uploader("Or upload an image", type=IMAGE_TYPES, key="upload",
-                              max_upload_size=bounds.IMAGE_BYTES // bounds.MiB)
-    if upload is not None and upload.file_id != ss.get("upload_seen"):
-        ss["upload_seen"] = upload.file_id
-        try:
-            use_upload(upload.name, upload.getvalue())
-        finally:
-            _release(upload)  # the session keeps what use_upload kept, not Streamlit's copy
+    take(st.file_uploader("Or upload an image", type=IMAGE_TYPES, key="upload",
+                          max_upload_size=bounds.IMAGE_BYTES // bounds.MiB), "upload_seen")
+    # The camera only when asked for: a camera widget on every page would ask every browser
+    # for its camera. A photo goes through the same intake as an upload.
+    if st.toggle("Take a photo", key="camera_on", help="An object held up in the lecture hall, a digit on paper"):
+        take(st.camera_input("Camera", key="camera", label_visibility="collapsed"), "camera_seen", "camera photo.jpg")
     if ss.get("image_error"):
         st.error(ss["image_error"])
     if ss["image"].get("note"):
