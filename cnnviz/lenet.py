@@ -129,6 +129,31 @@ def split(n: int, seed: int, test_fraction: float = 0.2) -> tuple[torch.Tensor, 
     return order[k:], order[:k]
 
 
+def drawn_digit(rgba: np.ndarray) -> "Image.Image":
+    """A digit drawn on a canvas (uint8 [H, W, 4] or [H, W, 3]; any colours, the network's
+    `Ink` reads light-on-dark and dark-on-light alike) as the training digits are framed: the
+    drawing in the centre 28/32 of a square, the rest background. Transparent pixels (a
+    canvas without a background) count as background. Empty: None."""
+    from PIL import Image
+
+    a = np.asarray(rgba)
+    if a.ndim != 3 or a.shape[2] not in (3, 4) or min(a.shape[:2]) < 8 or max(a.shape[:2]) > 4096:
+        raise TrainError("A drawing is an RGB or RGBA picture between 8 and 4,096 pixels a side.")
+    rgb = a[..., :3].astype(np.float32)
+    if a.shape[2] == 4:  # transparent: the background (black)
+        rgb = rgb * (a[..., 3:4].astype(np.float32) / 255.0)
+    grey = rgb.mean(2)
+    if float(grey.max() - grey.min()) < 1:
+        return None
+    side = max(grey.shape)
+    frame = int(round(side * SIDE / 28))
+    background = float(np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])))
+    out = np.full((frame, frame), background, np.float32)
+    top, left = (frame - grey.shape[0]) // 2, (frame - grey.shape[1]) // 2
+    out[top: top + grey.shape[0], left: left + grey.shape[1]] = grey
+    return Image.fromarray(out.clip(0, 255).astype(np.uint8)).convert("RGB")
+
+
 # ---------------------------------------------------------------- training
 
 @dataclass(frozen=True)

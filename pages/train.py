@@ -4,9 +4,12 @@ import io
 import numpy as np
 import streamlit as st
 import torch
+from streamlit_drawable_canvas import st_canvas
 
-from cnnviz import lenet, models
+from cnnviz import activations as A
+from cnnviz import jobs, lenet, models, render
 from cnnviz import render_training as RT
+from cnnviz.predict import PredictSpec, top_k
 from cnnviz.app import cache
 from cnnviz.app.background import Background
 from cnnviz.app.clicks import new_click
@@ -128,9 +131,13 @@ if run is not None and run.result is not None:
     torch.save(res.state_dict, buf)
     data = buf.getvalue()
 
-    def _use() -> None:
+    def _trained() -> tuple[str, models.Model]:
+        """The trained net in the process store (one copy per weights, as an uploaded checkpoint)."""
         key = "lenet-" + hashlib.sha256(data).hexdigest()[:16]
-        model = cache.own_model(key) or cache.keep_own(key, models.lenet_checkpoint(data, "lenet5.pt"))
+        return key, cache.own_model(key) or cache.keep_own(key, models.lenet_checkpoint(data, "lenet5.pt"))
+
+    def _use() -> None:
+        key, model = _trained()
         ss["own_model"] = {"key": key, "id": model.id, "label": f"LeNet-5 {res.variant}, trained here"}
 
     u1, u2, _ = st.columns([2, 2, 3])
@@ -138,3 +145,28 @@ if run is not None and run.result is not None:
               help="It becomes this session's model in the sidebar (private, like your own weights).")
     u2.download_button("Download the weights (.pt)", data, "lenet5.pt", "application/octet-stream", width="stretch",
                        help="A state dict: `python -m cnnviz predict IMAGE --model lenet:lenet5.pt`")
+
+    st.subheader("Draw a digit")
+    pad, view = st.columns([1, 3])
+    with pad:
+        drawn = st_canvas(stroke_width=18, stroke_color="#ffffff", background_color="#000000", height=224, width=224,
+                          drawing_mode="freedraw", return_image_data=True, key="tr_canvas")
+        st.caption("Draw with the mouse (or a finger); the network reads it as you draw. The bin icon clears it.")
+    pixels = getattr(drawn, "image_data", None) if drawn is not None else None
+    digit = lenet.drawn_digit(pixels) if pixels is not None else None
+    with view:
+        if digit is None:
+            st.info("Nothing drawn yet: the network's answer and every layer's maps appear here.")
+        else:
+            _, net = _trained()
+            layers = ("act1", "pool1", "act2", "pool2")
+            rec = jobs.run(net, digit, A.ActivationsSpec(layers))
+            cols = st.columns([1, 1, 1, 1, 1, 2])
+            cols[0].image(net.input_image(digit), width="stretch", caption="input 32 x 32")
+            for col, layer in zip(cols[1:], layers):
+                rgb, _ = A.mosaic(rec.maps[layer], None, "channel")  # channels in their order
+                c, h, w = rec.maps[layer].shape
+                col.image(rgb, width="stretch", caption=f"{layer}: {c} x {h} x {w}")
+            probs = jobs.run(net, digit, PredictSpec(10)).probs
+            cols[5].plotly_chart(render.topk_bar(top_k(net, probs, 10)), key="tr_drawn_bars",
+                                 config={"displaylogo": False})

@@ -22,6 +22,19 @@ def test_train_one_epoch_and_see_the_curve(browser, server, tmp_path):
     expect(curves.locator(".scatterlayer .trace")).to_have_count(3)  # loss, train and test accuracy
     expect(curves.locator(".scatterlayer .point")).to_have_count(3)  # one epoch: one point each
     expect(page.get_by_role("button", name="Start training")).to_be_enabled()
+    # draw a "1" on the canvas: the network answers and every layer's maps appear
+    expect(page.get_by_text("Nothing drawn yet")).to_be_visible()
+    pad = page.locator(".st-key-tr_canvas canvas").last
+    pad.scroll_into_view_if_needed()
+    box = pad.bounding_box()
+    x = box["x"] + box["width"] / 2
+    page.mouse.move(x, box["y"] + box["height"] * 0.15)
+    page.mouse.down()
+    page.mouse.move(x, box["y"] + box["height"] * 0.85, steps=12)
+    page.mouse.up()
+    expect(page.get_by_text("Nothing drawn yet")).to_have_count(0, timeout=60_000)
+    expect(page.get_by_text("pool2: 16 x 5 x 5")).to_be_visible(timeout=60_000)
+    expect(page.locator(".st-key-tr_drawn_bars")).to_be_visible()
     expect(page.get_by_test_id("stException")).to_have_count(0)
     shots = Path(os.environ.get("CNNVIZ_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)

@@ -176,3 +176,27 @@ def test_cli_train_then_use_the_net_everywhere(tmp_path, capsys):
     assert "Epochs" in capsys.readouterr().err
     # a link cannot make the server read a file: lenet:PATH is for the command line only
     assert not models.known(f"lenet:{out}") and not models.servable(f"lenet:{out}")
+
+
+def test_a_drawn_digit_is_classified(model):
+    """Drawings made here as a canvas gives them (RGBA, strokes on a transparent or a white
+    background, another size) from held-out digits: framed as the training digits and read."""
+    from cnnviz.predict import predict
+
+    x, y = _digits()
+    _, test = lenet.split(len(x), 0)
+    right = 0
+    for n, k in enumerate(test[:20].tolist()):
+        ink = torch.nn.functional.interpolate(x[k: k + 1, :1, 2:30, 2:30], size=(280, 280), mode="bilinear")[0, 0]
+        strokes = (ink.numpy() * 255).round().astype(np.uint8)
+        if n % 2:  # white strokes on transparent
+            rgba = np.stack([np.full_like(strokes, 255)] * 3 + [strokes], -1)
+        else:  # black strokes on white
+            rgba = np.stack([255 - strokes] * 3 + [np.full_like(strokes, 255)], -1)
+        image = lenet.drawn_digit(rgba)
+        assert image.size == (320, 320)
+        right += predict(model, image, 1)[0].index == int(y[k])
+    assert right >= 16
+    assert lenet.drawn_digit(np.zeros((200, 200, 4), np.uint8)) is None  # nothing drawn yet
+    with pytest.raises(CnnvizError):
+        lenet.drawn_digit(np.zeros((5000, 10, 4), np.uint8))
