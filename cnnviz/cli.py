@@ -57,7 +57,7 @@ def _check_args(args) -> None:
                          "(e.g. --arch resnet18)")
     if weights is None and (arch or labels):
         raise UsageError(f"{'--arch' if arch else '--labels'} goes with --weights PATH (your own state dict)")
-    if arch:
+    if arch and arch != models.LENET_ARCH:
         models._weights(arch)  # an unknown architecture, before any file is read
     for attr, kind, error in (("image", "image", images.ImageError), ("weights", "weights", models.ModelError),
                               ("labels", "labels", models.ModelError)):
@@ -468,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="a state dict (.pt/.pth from torch.save(model.state_dict()), or .safetensors), "
                                   f"up to {files.size_text(bounds.WEIGHTS_BYTES)}")
             own.add_argument("--arch", metavar="NAME", help="the torchvision architecture the weights are for "
-                                                            "(e.g. resnet18); the class count comes from its head")
+                                                            "(e.g. resnet18; lenet5 for a LeNet-5 from `train`); "
+                                                            "the class count comes from its head")
             own.add_argument("--labels", metavar="FILE", help="class names, one per line "
                                                               f"(up to {bounds.MAX_CLASSES:,})")
         sp.add_argument("--json", action="store_true", help="print one JSON object")

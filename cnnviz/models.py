@@ -287,6 +287,8 @@ _WEIGHTS_HINT = "Save only `model.state_dict()` (no optimizer state), or fine-tu
 
 # ---------------------------------------------------------------- LeNet-5 (cnnviz.lenet)
 
+LENET_ARCH = "lenet5"  # "Use your own weights" and `--arch`: a state dict saved by the Train page or `train --out`
+
 def lenet(net: nn.Module, model_id: str, label: str) -> Model:
     """A LeNet-5 as a Model: 32 x 32 pixels in [0, 1] (the network reads its own ink), classes "0" to "9"."""
     from . import lenet as L
@@ -326,7 +328,7 @@ def lenet_checkpoint(data: bytes, filename: str) -> Model:
 
 
 def load_checkpoint(arch: str, data: bytes, filename: str, labels: list[str] | None = None) -> Model:
-    """A user's fine-tuned state dict for a torchvision architecture.
+    """A user's fine-tuned state dict for a torchvision architecture (or `LENET_ARCH`).
 
     The bytes are checked against `bounds.WEIGHTS_BYTES` before they are parsed; only
     tensors are read (`weights_only=True` or safetensors). Everything is checked against
@@ -335,6 +337,13 @@ def load_checkpoint(arch: str, data: bytes, filename: str, labels: list[str] | N
     `bounds.MAX_CLASSES`), every key's shape and kind, finite values, and the count of
     `labels` (one per class; optional).
     """
+    if arch == LENET_ARCH:
+        model = lenet_checkpoint(data, filename)
+        if labels is not None:
+            if len(labels) != len(model.categories):
+                raise ModelError(f"The labels file has {len(labels)} names but LeNet-5 has 10 classes.")
+            model.categories = list(labels)
+        return model
     files.check_size(len(data), bounds.WEIGHTS_BYTES, filename, "weights", ModelError, _WEIGHTS_HINT)
     weights = _weights(arch)
     sd = _read_state_dict(data, filename)

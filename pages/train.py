@@ -26,7 +26,8 @@ restore_number("tr_epochs", "epochs", 1, 50)
 restore("tr_lr", "lr", lambda v: v in LRS, float, why=f"choose one of {', '.join(map(str, LRS))}")
 restore("tr_batch", "batch", lambda v: v in BATCHES, int, why=f"choose one of {', '.join(map(str, BATCHES))}")
 restore_number("tr_seed", "seed", 0, 9999)
-for key, default in (("tr_variant", "classic"), ("tr_epochs", 15), ("tr_lr", 0.003), ("tr_batch", 32), ("tr_seed", 0)):
+restore("tr_data", "data", lambda v: v in lenet.DATA, why=f"choose {' or '.join(lenet.DATA)}")
+for key, default in (("tr_data", "digits"), ("tr_variant", "classic"), ("tr_epochs", 15), ("tr_lr", 0.003), ("tr_batch", 32), ("tr_seed", 0)):
     ss.setdefault(key, default)
 
 st.title("Train a CNN: LeNet-5")
@@ -48,7 +49,10 @@ with right:
     st.dataframe([{"layer": l.name, "type": l.type, "output": " x ".join(map(str, l.shape)), "weights": l.params}
                   for l in net.layers], hide_index=True, width="stretch", height=300)
 
-c = st.columns(5, vertical_alignment="bottom")
+c = st.columns([2, 2, 1, 1, 1, 1], vertical_alignment="bottom")
+c[5].selectbox("Data", list(lenet.DATA), key="tr_data", format_func=lambda d: d if d == "digits" else "MNIST",
+               help=f"digits: {lenet.DATA['digits']}; MNIST: the first {lenet.bounds.MAX_TRAIN_IMAGES:,} of its 60,000 "
+                    "training images, downloaded once (about 10 MB); offline it says so")
 c[0].segmented_control("Variant", list(lenet.VARIANTS), key="tr_variant", format_func=lambda v: v,
                        help="classic: tanh and average pooling, as published; modern: ReLU and max pooling")
 c[1].number_input("Epochs", 1, 50, key="tr_epochs")
@@ -57,9 +61,9 @@ c[3].selectbox("Batch size", BATCHES, key="tr_batch")
 c[4].number_input("Seed", 0, 9999, key="tr_seed", help="the split, the batches and the initial weights")
 if ss.get("tr_variant") is None:  # a segmented control can be cleared
     ss["tr_variant"] = "classic"
-spec = lenet.TrainSpec("digits", int(ss["tr_epochs"]), float(ss["tr_lr"]), int(ss["tr_batch"]), int(ss["tr_seed"]))
+spec = lenet.TrainSpec(ss["tr_data"], int(ss["tr_epochs"]), float(ss["tr_lr"]), int(ss["tr_batch"]), int(ss["tr_seed"]))
 variant = ss["tr_variant"]
-qp.update({"variant": variant, "epochs": str(spec.epochs), "lr": f"{spec.lr:g}", "batch": str(spec.batch),
+qp.update({"data": spec.data, "variant": variant, "epochs": str(spec.epochs), "lr": f"{spec.lr:g}", "batch": str(spec.batch),
            "seed": str(spec.seed)})
 
 run: Background | None = ss.get("tr_run")
@@ -139,6 +143,7 @@ if run is not None and run.result is not None:
     def _use() -> None:
         key, model = _trained()
         ss["own_model"] = {"key": key, "id": model.id, "label": f"LeNet-5 {res.variant}, trained here"}
+        ss["model_id"] = model.id
 
     u1, u2, _ = st.columns([2, 2, 3])
     u1.button("Use it on every page", key="tr_use", type="primary", on_click=_use, width="stretch",

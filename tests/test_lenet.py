@@ -174,6 +174,8 @@ def test_cli_train_then_use_the_net_everywhere(tmp_path, capsys):
     assert "nope.pt" in capsys.readouterr().err
     assert main(["train", "--epochs", "0"]) == 2
     assert "Epochs" in capsys.readouterr().err
+    assert main(["predict", str(png), "--arch", "lenet5", "--weights", str(out), "--json"]) == 0  # "your own weights"
+    assert json.loads(capsys.readouterr().out)["top"][0]["label"] == top[0]["label"]
     # a link cannot make the server read a file: lenet:PATH is for the command line only
     assert not models.known(f"lenet:{out}") and not models.servable(f"lenet:{out}")
 

@@ -58,10 +58,12 @@ def test_the_trained_net_on_every_page(trained):
     at.button(key="tr_use").click().run()
     own = at.session_state["own_model"]
     assert own["id"].startswith("lenet:") and "trained here" in own["label"]
+    assert at.session_state["model_id"] == own["id"]
     for page in PAGES:
         at.switch_page(f"pages/{page}").run()
         assert not at.exception, (page, at.exception)
         assert not at.error, (page, [e.value for e in at.error])
+        assert at.selectbox(key="model_id").value == own["id"]  # the sidebar's picker: the trained net
     at.switch_page("pages/convolution.py")
     at.query_params.update({"cv_view": "One unit of the network"})
     at.run()  # a unit of the trained LeNet, worked out and checked
@@ -87,3 +89,10 @@ def test_bad_links_are_said():
     notes = " ".join(i.value for i in at.info)
     assert all(k in notes for k in ("epochs", "lr", "batch", "variant", "seed"))
     assert at.number_input(key="tr_seed").value == 9999 and at.number_input(key="tr_epochs").value == 15
+
+
+def test_mnist_offline_says_so_and_the_page_keeps_working():
+    at = open_page("train.py", data="mnist", epochs="1")
+    at.button(key="tr_start").click().run()
+    finish(at, 60)
+    assert any("offline" in e.value for e in at.error) and not at.main.subheader

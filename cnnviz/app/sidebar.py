@@ -217,7 +217,8 @@ def _own_model_form() -> None:
             "torchvision architecture, e.g. fine-tuned on your classes. Only tensors are read. "
             f"Up to {files.size_text(bounds.WEIGHTS_BYTES)} of weights, {bounds.MAX_CLASSES:,} classes."
         )
-        st.selectbox("Architecture", models.ZOO, index=models.ZOO.index("resnet18"), key="own_arch")
+        st.selectbox("Architecture", [*models.ZOO, models.LENET_ARCH], index=models.ZOO.index("resnet18"),
+                     key="own_arch", help=f"{models.LENET_ARCH}: a LeNet-5 saved by the Train page")
         st.file_uploader("Weights (.pt, .pth, .safetensors)", type=["pt", "pth", "bin", "safetensors"],
                          key=weights_key, max_upload_size=bounds.WEIGHTS_BYTES // bounds.MiB)
         st.file_uploader("Class names (optional, one per line)", type=["txt"], key=labels_key,
