@@ -233,6 +233,7 @@ def run(model, image, spec: TrainSpec = TrainSpec(), *, progress: Progress | Non
     each epoch with the curve so far and the first layer's filters as its preview."""
     progress = Progress.of(progress)
     spec = spec.check(model)
+    progress(0.0, "reading the digits" if spec.data == "digits" else "MNIST: downloaded once (about 10 MB), then read")
     x, y = digits() if spec.data == "digits" else mnist()
     train_i, test_i = split(len(x), spec.seed)
     net = LeNet5(model.net.variant)
