@@ -129,11 +129,11 @@ def split(n: int, seed: int, test_fraction: float = 0.2) -> tuple[torch.Tensor, 
     return order[k:], order[:k]
 
 
-def drawn_digit(rgba: np.ndarray) -> "Image.Image":
+def drawn_digit(rgba: np.ndarray):
     """A digit drawn on a canvas (uint8 [H, W, 4] or [H, W, 3]; any colours, the network's
     `Ink` reads light-on-dark and dark-on-light alike) as the training digits are framed: the
     drawing in the centre 28/32 of a square, the rest background. Transparent pixels (a
-    canvas without a background) count as background. Empty: None."""
+    canvas without a background) count as background. A PIL image; None when nothing is drawn."""
     from PIL import Image
 
     a = np.asarray(rgba)
