@@ -183,17 +183,17 @@ class TrainSpec(Spec):
         """Counted in batches, not images: a forward and backward pass of 256 images of
         32 x 32 through LeNet-5 (~0.4 M multiply-adds each) costs less than one 224-px image
         through the smallest zoo model (~300 M). An epoch is its training batches and one
-        evaluation batch per 256 images."""
+        evaluation batch per 256 test images."""
         n = bounds.MAX_TRAIN_IMAGES if self.data == "mnist" else 1797
-        train = n - int(round(n * 0.2))
-        return self.epochs * (math.ceil(train / self.batch) + math.ceil(n / 256))
+        test = int(round(n * 0.2))
+        return self.epochs * (math.ceil((n - test) / self.batch) + math.ceil(test / 256))
 
 
 @dataclass
 class Training(Result):
     data: str
     variant: str
-    epochs: list[dict]  # per epoch: epoch, loss, train_accuracy, test_accuracy
+    epochs: list[dict]  # per epoch: epoch, loss and train_accuracy (running, over its batches), test_accuracy
     test_accuracy: float
     confusion: list[list[int]]  # [true][predicted] on the test split
     state_dict: dict = field(repr=False)  # the trained weights (torch tensors)
@@ -213,19 +213,22 @@ def _evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, 
 
 
 def epoch_steps(net: nn.Module, opt, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, batch: int,
-                each=lambda: None) -> float:
+                each=lambda: None) -> tuple[float, float]:
     """One epoch of mini-batch steps over `x[order]`; `each()` after every step (a stop
-    check). Returns the mean training loss."""
-    total = 0.0
+    check). Returns the mean training loss and the running training accuracy (each batch
+    scored by the weights it was trained with, as Keras reports it: no extra pass)."""
+    total, right = 0.0, 0
     for k in range(0, len(order), batch):
         idx = order[k: k + batch]
-        loss = F.cross_entropy(net(x[idx]), y[idx])
+        logits = net(x[idx])
+        loss = F.cross_entropy(logits, y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         total += float(loss.detach()) * len(idx)
+        right += int((logits.detach().argmax(1) == y[idx]).sum())
         each()
-    return total / len(order)
+    return total / len(order), right / len(order)
 
 
 def run(model, image, spec: TrainSpec = TrainSpec(), *, progress: Progress | None = None) -> Training:
@@ -245,9 +248,8 @@ def run(model, image, spec: TrainSpec = TrainSpec(), *, progress: Progress | Non
     progress(0.0, f"epoch 0 of {spec.epochs}", {"epochs": [], "filters": filters[-1].numpy()})
     for epoch in range(1, spec.epochs + 1):
         order = train_i[torch.randperm(len(train_i), generator=gen)]
-        loss = epoch_steps(net, opt, x, y, order, spec.batch, progress.check)
+        loss, train_acc = epoch_steps(net, opt, x, y, order, spec.batch, progress.check)
         net.eval()
-        train_acc, _ = _evaluate(net, x[train_i], y[train_i])
         test_acc, _ = _evaluate(net, x[test_i], y[test_i])
         net.train()
         history.append({"epoch": epoch, "loss": loss, "train_accuracy": train_acc, "test_accuracy": test_acc})
