@@ -315,8 +315,6 @@ def cmd_convsize(args) -> dict:
 
 
 def cmd_train(args) -> dict:
-    import torch
-
     from . import lenet
 
     spec = lenet.TrainSpec(args.data, args.epochs, args.lr, args.batch, args.seed)
@@ -324,7 +322,7 @@ def cmd_train(args) -> dict:
     result = jobs.run(model, None, spec, progress=_stderr_progress)
     if args.out:
         try:
-            torch.save(result.state_dict, args.out)
+            Path(args.out).write_bytes(result.state_bytes)
         except OSError as e:
             raise UsageError(f"cannot write {args.out}: {e.strerror or e}") from None
     return {**result.to_dict(), "out": args.out}

@@ -51,6 +51,18 @@ def split_call(name: str) -> tuple[str, int]:
     return base, int(k) if k else 0
 
 
+def wanted_calls(all_named: dict[str, nn.Module], layers) -> dict[str, set[int]]:
+    """Call names (``_swish#1``) as {module path: the call indices wanted}; KeyError for a
+    name that is not a module of the network."""
+    wanted: dict[str, set[int]] = {}
+    for layer in layers:
+        base, k = split_call(layer)
+        if base not in all_named or not base:
+            raise KeyError(layer)
+        wanted.setdefault(base, set()).add(k)
+    return wanted
+
+
 class Recorder(contextlib.AbstractContextManager):
     """Record layer outputs during forward passes run inside the `with` block.
 
@@ -90,14 +102,7 @@ class Recorder(contextlib.AbstractContextManager):
             self._wanted = {n: None for n in modules}
         else:
             all_named = dict(self.net.named_modules())
-            self._wanted = {}
-            for layer in layers:
-                base, k = split_call(layer)
-                if base not in all_named or not base:
-                    raise KeyError(layer)
-                calls = self._wanted.setdefault(base, set())
-                if calls is not None:
-                    calls.add(k)
+            self._wanted = wanted_calls(all_named, layers)
             modules = {n: all_named[n] for n in self._wanted}
         self._modules = modules
         self.detach = detach
@@ -229,12 +234,7 @@ def record_io(model, x: torch.Tensor, calls: list[str]) -> dict[str, tuple[torch
     in-place op cannot change them); the pass ends at the last of them. {call: (input, output)}."""
     net = model.net
     all_named = dict(net.named_modules())
-    wanted: dict[str, set[int]] = {}
-    for call in calls:
-        base, k = split_call(call)
-        if base not in all_named or not base:
-            raise KeyError(call)
-        wanted.setdefault(base, set()).add(k)
+    wanted = wanted_calls(all_named, calls)
     found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     seen: dict[str, int] = {}
 

@@ -11,6 +11,7 @@ other (`models.lenet`), so every page works on it.
 from __future__ import annotations
 
 import functools
+import io
 import math
 from dataclasses import dataclass, field, replace
 
@@ -28,6 +29,7 @@ DATA = {"digits": "scikit-learn's handwritten digits (1,797, offline)",
         "mnist": "MNIST through torchvision (downloaded once)"}
 SIDE = 32  # LeNet's input: 32 x 32, the digit in its centre 28 x 28
 CLASSES = [str(d) for d in range(10)]
+DIGITS = 1797  # images in scikit-learn's digits (a test checks it)
 
 
 class TrainError(CnnvizError):
@@ -184,7 +186,7 @@ class TrainSpec(Spec):
         32 x 32 through LeNet-5 (~0.4 M multiply-adds each) costs less than one 224-px image
         through the smallest zoo model (~300 M). An epoch is its training batches and one
         evaluation batch per 256 test images."""
-        n = bounds.MAX_TRAIN_IMAGES if self.data == "mnist" else 1797
+        n = bounds.MAX_TRAIN_IMAGES if self.data == "mnist" else DIGITS
         test = int(round(n * 0.2))
         return self.epochs * (math.ceil((n - test) / self.batch) + math.ceil(test / 256))
 
@@ -200,6 +202,13 @@ class Training(Result):
     filters: np.ndarray = field(repr=False)  # float32 [epochs + 1, 6, 5, 5]: conv1 before training and after each epoch
     test_index: np.ndarray = field(repr=False)  # the test split's image indices
     test_predicted: np.ndarray = field(repr=False)  # and what the trained net says for each
+
+    @functools.cached_property
+    def state_bytes(self) -> bytes:
+        """The weights as `torch.save` writes them (the download, `train --out`), made once."""
+        buf = io.BytesIO()
+        torch.save(self.state_dict, buf)
+        return buf.getvalue()
 
     def to_dict(self) -> dict:
         return {"model": self.model, "data": self.data, "variant": self.variant, "epochs": self.epochs,
@@ -250,16 +259,14 @@ def run(model, image, spec: TrainSpec = TrainSpec(), *, progress: Progress | Non
         order = train_i[torch.randperm(len(train_i), generator=gen)]
         loss, train_acc = epoch_steps(net, opt, x, y, order, spec.batch, progress.check)
         net.eval()
-        test_acc, _ = _evaluate(net, x[test_i], y[test_i])
+        test_acc, pred = _evaluate(net, x[test_i], y[test_i])
         net.train()
         history.append({"epoch": epoch, "loss": loss, "train_accuracy": train_acc, "test_accuracy": test_acc})
         filters.append(net.conv1.weight.detach()[:, 0].clone())
         progress(epoch / spec.epochs, f"epoch {epoch} of {spec.epochs}: test accuracy {test_acc:.1%}",
                  {"epochs": list(history), "filters": filters[-1].numpy()})
-    net.eval()
-    acc, pred = _evaluate(net, x[test_i], y[test_i])
-    confusion = np.zeros((10, 10), np.int64)
+    confusion = np.zeros((10, 10), np.int64)  # of the last epoch's evaluation: the trained net
     np.add.at(confusion, (y[test_i].numpy(), pred.numpy()), 1)
-    return Training(spec.data, net.variant, history, acc, confusion.tolist(),
+    return Training(spec.data, net.variant, history, test_acc, confusion.tolist(),
                     {k: v.detach().clone() for k, v in net.state_dict().items()},
                     torch.stack(filters).numpy(), test_i.numpy(), pred.numpy())

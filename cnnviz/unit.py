@@ -241,23 +241,23 @@ def _pool(m: nn.Module, inp: torch.Tensor, out_hw: tuple[int, int], spec: UnitSp
                 divisor=int(divisor))
 
 
-def _step(m: nn.Module, v: float) -> tuple[float, str]:
-    """An elementwise step applied to the worked value `v` in float64, with its formula."""
-    if type(m) is nn.BatchNorm2d:
-        raise AssertionError("BatchNorm steps are worked out by _batchnorm")
+def _activation_step(m: nn.Module, v: float) -> tuple[float, str]:
+    """An activation applied to the worked value `v` in float64, with its formula."""
     out = float(m(torch.tensor([[[[v]]]], dtype=torch.float64)).reshape(-1)[0])
     return out, f"{type(m).__name__}: {_activation(m)} with x = {v:.6g}"
 
 
-def _batchnorm(m: nn.BatchNorm2d, c: int, v: float) -> tuple[float, str, float]:
-    """(value, formula, gain) of an eval BatchNorm on channel c: (x - mean) / sqrt(var + eps) x gamma + beta."""
+def _batchnorm(m: nn.BatchNorm2d, c: int, v: float, scale: float) -> tuple[float, str, float]:
+    """An eval BatchNorm on channel c, (x - mean) / sqrt(var + eps) x gamma + beta, applied to
+    the worked value `v`: (value, formula, the size of the terms behind it, from `scale`'s)."""
     mean, var = float(m.running_mean[c].double()), float(m.running_var[c].double())
     gamma = float(m.weight[c].double()) if m.weight is not None else 1.0
     beta = float(m.bias[c].double()) if m.bias is not None else 0.0
     gain = gamma / math.sqrt(var + m.eps)
     out = (v - mean) * gain + beta
     return out, (f"BatchNorm: (x - mean) / sqrt(var + eps) x gamma + beta = ({v:.6g} - {mean:.6g}) / "
-                 f"sqrt({var:.6g} + {m.eps:g}) x {gamma:.6g} + {beta:.6g}"), gain
+                 f"sqrt({var:.6g} + {m.eps:g}) x {gamma:.6g} + {beta:.6g}"), \
+        (scale + abs(mean)) * abs(gain) + abs(beta)
 
 
 def run(model, image, spec: UnitSpec = UnitSpec(), *, progress: Progress | None = None) -> Unit:
@@ -291,11 +291,9 @@ def run(model, image, spec: UnitSpec = UnitSpec(), *, progress: Progress | None 
             break
         sm = mods[hooks.split_call(name)[0]]
         if type(sm) is nn.BatchNorm2d:
-            mean = abs(float(sm.running_mean[c]))
-            value, formula, gain = _batchnorm(sm, c, value)
-            scale = (scale + mean) * abs(gain) + abs(float(sm.bias[c])) if sm.bias is not None else (scale + mean) * abs(gain)
+            value, formula, scale = _batchnorm(sm, c, value, scale)
         else:
-            value, formula = _step(sm, value)
+            value, formula = _activation_step(sm, value)
         steps.append({"name": name, "type": type(sm).__name__, "value": value, "formula": formula})
         prev = s_out
     progress(0.5, "the recorder's pass")

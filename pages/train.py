@@ -1,9 +1,7 @@
 import hashlib
-import io
 
 import numpy as np
 import streamlit as st
-import torch
 from streamlit_drawable_canvas import st_canvas
 
 from cnnviz import activations as A
@@ -15,6 +13,8 @@ from cnnviz.app.background import Background
 from cnnviz.app.clicks import new_click
 from cnnviz.app.router import selection
 from cnnviz.app.url import restore, restore_number
+from cnnviz.contract import CnnvizError
+from cnnviz.images import load_image
 
 selection()  # the sidebar; this page trains its own network
 ss, qp = st.session_state, st.query_params
@@ -131,9 +131,7 @@ if run is not None and run.result is not None:
         st.markdown(f"**True {t}, read as {p}**: {len(hit)} digit{'s' * (len(hit) != 1)}")
         if len(hit):
             st.image([(x[i, 0].numpy() * 255).astype(np.uint8) for i in hit[:24]], width=64)
-    buf = io.BytesIO()
-    torch.save(res.state_dict, buf)
-    data = buf.getvalue()
+    data = res.state_bytes
 
     def _trained() -> tuple[str, models.Model]:
         """The trained net in the process store (one copy per weights, as an uploaded checkpoint)."""
@@ -157,8 +155,14 @@ if run is not None and run.result is not None:
         drawn = st_canvas(stroke_width=18, stroke_color="#ffffff", background_color="#000000", height=224, width=224,
                           drawing_mode="freedraw", return_image_data=True, key="tr_canvas")
         st.caption("Draw with the mouse (or a finger); the network reads it as you draw. The bin icon clears it.")
-    pixels = getattr(drawn, "image_data", None) if drawn is not None else None
-    digit = lenet.drawn_digit(pixels) if pixels is not None else None
+    # The drawing comes back from the browser as PNG bytes: a crafted client could send any
+    # image, so it goes through the upload intake (size and pixel checks before decoding).
+    png = getattr(drawn, "image_bytes", None) if drawn is not None else None
+    try:
+        digit = lenet.drawn_digit(np.asarray(load_image(png, "drawing.png"))) if png else None
+    except CnnvizError as e:
+        digit = None
+        st.error(str(e))
     with view:
         if digit is None:
             st.info("Nothing drawn yet: the network's answer and every layer's maps appear here.")

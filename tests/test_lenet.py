@@ -58,7 +58,7 @@ def test_the_architecture_as_published():
 
 def test_the_bundled_digits():
     x, y = lenet.digits()
-    assert x.shape == (1797, 3, 32, 32) and y.shape == (1797,) and set(y.tolist()) == set(range(10))
+    assert x.shape == (lenet.DIGITS, 3, 32, 32) and y.shape == (1797,) and set(y.tolist()) == set(range(10))
     assert 0 <= float(x.min()) and float(x.max()) <= 1
     assert float(x[:, :, :2].abs().max()) == 0  # the digit sits in the centre 28 x 28
     train, test = lenet.split(len(x), 0)

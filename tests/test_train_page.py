@@ -23,6 +23,17 @@ def finish(at, timeout: float = 180):
 
 @pytest.fixture(scope="module")
 def trained():
+    from cnnviz import jobs
+
+    # app.py sets the runner's short-job threads to 1 (as served). A module fixture runs before
+    # conftest's per-test restore has looked, so it restores them itself: later modules compare
+    # numbers bitwise with torch's default threads.
+    runner, short = jobs.RUNNER, jobs.RUNNER.short_threads
+    yield from _trained()
+    jobs.RUNNER, runner.short_threads = runner, short
+
+
+def _trained():
     at = open_page("train.py", epochs="2", seed="1")
     at.button(key="tr_start").click().run()
     assert not at.exception
@@ -30,7 +41,7 @@ def trained():
     at.number_input(key="tr_seed").set_value(5).run()  # the page stays usable: the run goes on
     assert at.session_state["tr_run"] is run and not at.exception
     finish(at)
-    return at, run
+    yield at, run
 
 
 def test_a_run_in_the_background_gives_the_result(trained):
