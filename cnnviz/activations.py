@@ -336,8 +336,8 @@ class Layers(Result):
 
     def to_dict(self) -> dict:
         return {"model": self.model, "input_size": list(self.input_size),
-                "layers": [{"name": l.name, "type": l.type, "shape": list(l.shape), "params": l.params}
-                           for l in self.layers], "seconds": self.seconds}
+                "layers": [{"name": l.name, "type": l.type, "shape": list(l.shape), "params": l.params,
+                            "block": l.block} for l in self.layers], "seconds": self.seconds}
 
 
 def run(model: Model, image, spec: ActivationsSpec | DepthSpec | LayersSpec = ActivationsSpec(), *,

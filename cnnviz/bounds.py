@@ -89,6 +89,11 @@ MAX_NOISE_INPUTS = 256
 # Model randomization steps of the trust checks (the page uses 6): the cascade has at most one
 # step per block of the network anyway, and each step costs every method's map once more.
 MAX_TRUST_STEPS = 64
+# Deletion and insertion curves (the layer advisor, the method comparison; the pages use 20
+# cuts): each cut is one more image per curve. A sweep's layers: every CAM layer of the
+# largest zoo network is about 300 calls; the advisor scores each (MAX_PASSES bounds the total).
+MAX_CURVE_STEPS = 100
+MAX_SWEEP_LAYERS = 512
 # Training LeNet-5 (the Train page, `cnnviz train`): epochs, batch size, and images taken from
 # a dataset (MNIST's 60,000 would make an epoch ~40 s here; the bundled digits are 1,797). A
 # job's cost is counted in batches (see lenet.TrainSpec.passes), so MAX_PASSES bounds it too.

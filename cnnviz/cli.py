@@ -147,6 +147,13 @@ def cmd_saliency(args) -> dict:
     model = _model(args)
     target = class_index(model, args.target) if args.target is not None else None
     contrast = class_index(model, args.contrast) if args.contrast is not None else None
+    advice = {}
+    if args.advise:  # every stage scored; a CAM method without --layer takes the best one
+        sweep = _run(model, image, S.SweepSpec(target, contrast, advise=True))
+        advice = {k: v for k, v in sweep.to_dict().items() if k in ("advice", "best", "random")}
+        target = sweep.target
+        if S.METHODS[args.method].takes_layer and not args.layer:
+            args.layer = sweep.best
     spec = S.SaliencySpec(args.method, target, args.layer, contrast).check(model)
     att = _run(model, image, spec)
     if args.out:
@@ -155,7 +162,19 @@ def cmd_saliency(args) -> dict:
         _save_png(__import__("numpy").asarray(overlay(model.input_image(image), att.map, 0.5, "jet")), args.out)
     if args.npy:
         _save_npy(att.map, args.npy)
-    return att.to_dict()
+    return att.to_dict() | advice
+
+
+def cmd_agree(args) -> dict:
+    from . import agreement as AG
+    from .predict import class_index
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    image = _image(args.image)
+    model = _model(args)
+    target = class_index(model, args.target) if args.target is not None else None
+    result = _run(model, image, AG.AgreementSpec(methods, target, args.layer, steps=args.steps, seed=args.seed))
+    return result.to_dict()
 
 
 def cmd_attention(args) -> dict:
@@ -273,7 +292,14 @@ def cmd_attack(args) -> dict:
                 f.write(res.png)
         except OSError as e:
             raise UsageError(f"cannot write {args.out}: {e.strerror or e}") from None
-    return res.to_dict()
+    out = res.to_dict()
+    if args.layers:  # the noise control of the same size, then one recorded pass of the three images
+        from . import divergence as D
+
+        ctl = jobs.run(model, image, A.NoiseSpec(spec.eps, spec.seed))
+        div = jobs.run(model, image, D.DivergenceSpec(D.Picture.of(res.adversarial), D.Picture.of(ctl.adversarial)))
+        out["layers"] = div.layer_dicts()
+    return out
 
 
 def cmd_sweep(args) -> dict:
@@ -369,6 +395,19 @@ def _print_human(cmd: str, out: dict) -> None:
         t = out["target"]
         print(f"{out['method']} of {out['model']} for {t['label']} ({t['index']}, p={t['prob']:.3f})"
               + (f" at {out['layer']}" if out["layer"] else "") + f": peak at {out['peak']}")
+        for a in out.get("advice", []):
+            star = "*" if a["layer"] == out["best"] else " "
+            print(f" {star}{a['layer']:<32} deletion area {a['deletion_auc']:.3f}  insertion area {a['insertion_auc']:.3f}")
+        if "random" in out:
+            print(f"  {'(random order)':<32} deletion area {out['random']['deletion_auc']:.3f}  "
+                  f"insertion area {out['random']['insertion_auc']:.3f}")
+    elif cmd == "agree":
+        print(f"Methods on {out['model']} for {out['target']['label']} ({out['target']['index']}):")
+        for m, row in zip(out["methods"], out["matrix"]):
+            a = out["areas"][m]
+            print(f"  {m:<16} rho " + " ".join(f"{r:5.2f}" for r in row)
+                  + f"   deletion {a['deletion']:.3f}  insertion {a['insertion']:.3f}")
+        print(f"  {out['summary']}")
     elif cmd == "trust":
         t = out["target"]
         print(f"Trust checks of {out['model']} for {t['label']} ({t['index']}, p={t['prob']:.3f}) on {out['image']}:")
@@ -379,7 +418,8 @@ def _print_human(cmd: str, out: dict) -> None:
     elif cmd == "layers":
         print(f"{out['model']}, input {out['input_size'][0]}x{out['input_size'][1]}:")
         for l in out["layers"]:
-            print(f"  {l['name']:<40} {l['type']:<26} {str(l['shape']):<18} {l['params']:>9}")
+            kind = l["type"] + (" (block)" if l.get("block") else "")
+            print(f"  {l['name']:<40} {kind:<26} {str(l['shape']):<18} {l['params']:>9}")
     elif cmd == "limits":
         o = out["original"]
         print(f"{out['transform']} on {out['model']}; originally {o['label']} ({o['prob']:.1%}):")
@@ -441,6 +481,11 @@ def _print_human(cmd: str, out: dict) -> None:
         print(f"{out['method']} at {out['eps']:g}/255 on {out['model']}: {o['label']} ({o['prob']:.1%}) -> "
               f"{a['label']} ({a['prob']:.1%}), {'fooled' if out['success'] else 'not fooled'}; "
               f"linf {out['linf']:g}/255, l2 {out['l2']:.3f}{png}")
+        if "layers" in out:
+            print(f"  {'layer':<40} {'attack':>8} {'noise':>8}  top changed")
+            for r in out["layers"]:
+                a_, n_ = ("     n/a" if v is None else f"{v:8.3f}" for v in (r["adversarial"], r["noise"]))
+                print(f"  {r['layer']:<40} {a_} {n_}  {r['top_changed']}")
     else:
         print(json.dumps(out))
 
@@ -491,6 +536,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--contrast", help="explain target rather than this class (logit difference)")
     sp.add_argument("--out", help="write the map over the image as PNG")
     sp.add_argument("--npy", help="write the map [H, W] (input resolution, float32) as .npy")
+    sp.add_argument("--advise", action="store_true",
+                    help="the layer advisor: Grad-CAM at every stage scored by deletion and insertion areas "
+                         "(adds advice, best, random); a CAM method without --layer uses the best layer")
+    from .agreement import DEFAULT_METHODS as AGREE_DEFAULT, comparable_methods
+
+    sp = add("agree", cmd_agree, "Methods side by side: their rank correlations, deletion and insertion curves.")
+    sp.add_argument("image")
+    sp.add_argument("--methods", default=",".join(AGREE_DEFAULT),
+                    help=f"comma-separated, from {','.join(comparable_methods())} (default: %(default)s)")
+    sp.add_argument("--target", help="class index or name (default: the top-1 class)")
+    sp.add_argument("--layer", help="for the CAM methods (default: the last spatial layer)")
+    sp.add_argument("--steps", type=int, default=20, help="cuts of the deletion and insertion curves")
+    sp.add_argument("--seed", type=int, default=0, help="the random order's seed")
     sp = add("attention", cmd_attention, "Where a vision transformer's tokens look: one block's attention, or rollout.")
     sp.add_argument("image")
     sp.add_argument("--block", type=int, help="encoder block index (default: the last)")
@@ -576,6 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
     attack_args(sp, single=True)
     sp.add_argument("--out", help="write the adversarial image (the network's input size) as an 8-bit PNG; "
                                   "png_success says whether the reloaded file still fools the model")
+    sp.add_argument("--layers", action="store_true",
+                    help="add every layer's relative change ||perturbed - clean|| / ||clean|| for the attack and "
+                         "for random noise of the same size, and how many of its top-10 channels changed")
     sp = add("sweep", cmd_sweep, "The same attack at growing budgets: the smallest one that changes the decision.")
     attack_args(sp, single=False)
     from .lenet import DATA, VARIANTS

@@ -9,6 +9,8 @@ ends the pass as soon as every wanted call is recorded.
 The caller holds the model's lock (the job runner does), so concurrent sessions never
 mix. A vision transformer's token outputs are recorded as maps [B, C, h, w] (see
 `cnnviz.tokens`, the one part of cnnviz this module imports), and its blocks are layers.
+A CNN's blocks (residual, Inception and dense blocks, stages: `block_modules`) are layers
+too; a container's hook fires after its children's, so outputs stay in execution order.
 `Model` is taken by its attributes.
 """
 from __future__ import annotations
@@ -28,20 +30,73 @@ def _is_noop(m: nn.Module) -> bool:
     return isinstance(m, _SKIP) or type(m).__name__ == "StochasticDepth"
 
 
-def layer_modules(net: nn.Module) -> dict[str, nn.Module]:
+def _is_unit(m: nn.Module) -> bool:
+    return isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+
+
+def _is_leaf(m: nn.Module) -> bool:
+    return next(m.children(), None) is None
+
+
+def layer_modules(net: nn.Module, *, blocks: bool = True) -> dict[str, nn.Module]:
     """Inspectable modules by path: leaves, and convolutions/linears as one piece
-    even when they hold a helper (a padding module) inside; a transformer's blocks too."""
+    even when they hold a helper (a padding module) inside; a transformer's blocks too;
+    with `blocks`, a CNN's blocks (`block_modules`) as well."""
     found: dict[str, nn.Module] = dict(tokens.blocks(net))
     inside = None  # named_modules() is depth-first: a unit's helpers follow it directly
     for name, m in net.named_modules():
         if not name or (inside and name.startswith(inside)):
             continue
-        is_unit = isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
-        if is_unit or next(m.children(), None) is None:
+        is_unit = _is_unit(m)
+        if is_unit or _is_leaf(m):
             if is_unit:
                 inside = name + "."
             if not _is_noop(m):
                 found[name] = m
+    if blocks:
+        found.update(block_modules(net, found))
+    return found
+
+
+def _elementwise(m: nn.Module) -> bool:
+    """A normalization or an activation module: it changes values, not where they come from."""
+    norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+    return isinstance(m, norms) or (type(m).__module__ == "torch.nn.modules.activation"
+                                    and not isinstance(m, nn.MultiheadAttention))
+
+
+def block_modules(net: nn.Module, pieces: dict[str, nn.Module] | None = None) -> dict[str, nn.Module]:
+    """A CNN's blocks by module path: containers whose call is a unit of the architecture
+    (residual, Inception and dense blocks, transitions, stages). A container counts unless
+    it is one of these (their outputs are another layer's, or not one unit's):
+    - never called itself (ModuleList, ModuleDict without a forward of its own);
+    - an `nn.Sequential` of one module (the output is that module's), or one inside a block
+      (a branch of it: Inception's branches, ConvNeXt's and MobileNet's residual branch;
+      the block is the unit);
+    - a convolution (or linear) with its normalization and activation only (GoogLeNet's
+      BasicConv2d, Conv2dNormActivation, ResNet's downsample): one layer, not a block;
+    - the network's body or head: a container holding its first or its last layer
+      (DenseNet's and ConvNeXt's `features`, VGG's `classifier`).
+    A vision transformer's blocks are `tokens.blocks` (layers as they were); nothing else
+    of it is added. Whether the forward returns a tensor is seen when it runs: a call
+    whose output is not one is not recorded (`Recorder`), so it is no layer."""
+    if tokens.family(net) is not None:
+        return {}
+    pieces = layer_modules(net, blocks=False) if pieces is None else pieces
+    ends = [p for p in (next(iter(pieces), None), next(reversed(pieces), None)) if p]
+    found: dict[str, nn.Module] = {}
+    for name, m in net.named_modules():
+        if not name or _is_leaf(m) or _is_unit(m) or _is_noop(m) or name in pieces:
+            continue
+        if type(m).forward is nn.Module.forward or any(e.startswith(name + ".") for e in ends):
+            continue
+        kids = list(m.children())
+        if type(m) is nn.Sequential and (len(kids) == 1 or name.rpartition(".")[0] in found):
+            continue
+        if all(_is_leaf(k) or _is_unit(k) for k in kids) and sum(map(_is_unit, kids)) == 1 \
+                and all(_is_unit(k) or _is_noop(k) or _elementwise(k) for k in kids):
+            continue
+        found[name] = m
     return found
 
 
@@ -150,7 +205,8 @@ class Recorder(contextlib.AbstractContextManager):
         self._calls.clear()
 
     def mutated(self) -> set[str]:
-        """Recorded views that an in-place op changed after they were recorded."""
+        """Recorded outputs (views, or live tensors) that an in-place op changed after they
+        were recorded."""
         return {n for n, v in self._versions.items() if self.outputs[n]._version != v}
 
     def _hook(self, name: str):
@@ -175,6 +231,8 @@ class Recorder(contextlib.AbstractContextManager):
                 if self.leaf and not output.requires_grad:
                     output.requires_grad_(True)
                 outputs[cn] = output
+                if not output.is_inference():  # (inference tensors keep no version counter)
+                    versions[cn] = output._version  # a block's own in-place sum came before: not a change
             elif cn in self.copy:
                 outputs[cn] = output.detach().clone()
             else:
@@ -298,13 +356,13 @@ _ACTIVATIONS = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "silu", "gelu
                 "elu", "mish", "sigmoid", "tanh"}
 
 
-def unguided_activations(model) -> list[str]:
-    """Activation functions applied outside an nn.ReLU module in one forward pass
-    (ReLU6/SiLU modules, or F.relu inside another module's forward, as in DenseNet).
-    Guided Backprop only modifies nn.ReLU modules, so these would pass plain gradients."""
+def unguided_activations(model, guided=(nn.ReLU,)) -> list[str]:
+    """Activation functions applied outside a module of the `guided` classes in one
+    forward pass (SiLU modules, or F.relu inside another module's forward, as in DenseNet).
+    Guided Backprop modifies only those modules, so these would pass plain gradients."""
     from torch.overrides import TorchFunctionMode
 
-    depth = [0]  # > 0 while an nn.ReLU module runs
+    depth = [0]  # > 0 while a guided module runs
     found: set[str] = set()
 
     class Spy(TorchFunctionMode):
@@ -324,7 +382,7 @@ def unguided_activations(model) -> list[str]:
     with model.lock:  # re-entrant: the runner holds it already
         try:
             for m in model.net.modules():
-                if type(m) is nn.ReLU:
+                if isinstance(m, guided):
                     handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
             with torch.no_grad(), Spy():
                 model.net(torch.zeros(1, 3, *model.input_size))

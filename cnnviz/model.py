@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2 as T
 
-from .hooks import layer_modules, record, split_call
+from .hooks import block_modules, layer_modules, record, split_call
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,9 @@ class LayerInfo:
     type: str  # the module's class name
     shape: tuple[int, ...]  # output shape without the batch dimension
     params: int
+    # A block's output (a residual, Inception or dense block, a stage: `hooks.block_modules`)
+    # rather than one layer's; it comes after its children's calls.
+    block: bool = False
 
 
 @dataclass(eq=False)
@@ -125,14 +128,21 @@ class Model:
         modules = self.layer_modules
         with self.lock:
             _, outs = record(self, torch.zeros(1, 3, *self.input_size))
-        return [LayerInfo(name=name, type=type(modules[split_call(name)[0]]).__name__, shape=tuple(out.shape[1:]),
-                          params=sum(p.numel() for p in modules[split_call(name)[0]].parameters()))
-                for name, out in outs.items()]
+        blocks = self.blocks
+        return [LayerInfo(name=name, type=type(modules[base]).__name__, shape=tuple(out.shape[1:]),
+                          params=sum(p.numel() for p in modules[base].parameters()), block=base in blocks)
+                for name, out in outs.items() for base in [split_call(name)[0]]]
 
     @cached_property
     def layer_modules(self) -> dict[str, nn.Module]:
         """Inspectable modules by path (see hooks.layer_modules), found once per copy."""
         return layer_modules(self.net)
+
+    @cached_property
+    def blocks(self) -> frozenset[str]:
+        """Paths of the modules in `layer_modules` that are blocks (see hooks.block_modules):
+        containers whose children are layers too (receptive fields trace through them)."""
+        return frozenset(block_modules(self.net))
 
     @property
     def params(self) -> int:

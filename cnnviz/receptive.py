@@ -8,6 +8,10 @@ take the union of their inputs' fields and must agree on jump. Pixel i of the in
 has centre i; boxes are half-open (top, left, bottom, right) and may reach into the
 padding outside the image.
 
+Blocks (`Model.blocks`: residual, Inception and dense blocks, stages) are traced through,
+not stopped at: a block's row is the field of the tensor its forward returns, found by
+the tracer (`_Tracer.calls`), with a note on the merge that made it.
+
 Effective field (Luo et al. 2016): |d unit / d input|, one forward and one backward,
 taken with respect to the network's normalized input (the image is normalized here).
 
@@ -34,7 +38,7 @@ from torch import fx, nn
 from . import bounds
 from .activations import LayerNotFound, find_layer
 from .contract import CnnvizError, Progress, Result, Spec
-from .hooks import Recorder
+from .hooks import Recorder, _is_noop
 from .model import Model
 
 Box = tuple[int, int, int, int]
@@ -174,6 +178,7 @@ class Row:
     extent: Box | None = None  # input pixels some unit of this layer depends on (top, left, bottom, right)
     note: str = ""
     layer: bool = True  # False for merges (add, cat, mul): not inspectable layers
+    block: bool = False  # a block's output (see `Model.blocks`): its field is its branches' union
 
     def to_dict(self) -> dict:
         f = self.field
@@ -182,6 +187,7 @@ class Row:
             "kernel": _l(self.kernel), "stride": _l(self.stride), "dilation": _l(self.dilation),
             "padding": _l(self.padding), "size": _l(f and f.size), "jump": _l(f and f.jump),
             "start": _l(f and f.start), "extent": _l(self.extent), "note": self.note, "layer": self.layer,
+            "block": self.block,
         }
 
 
@@ -260,6 +266,10 @@ class _Tracer(fx.Tracer):
         super().__init__()
         self.leaves = leaves
         self.thread: int | None = None
+        # Every call traced through (not a leaf), in the order they return: (module path,
+        # index of its first graph node, index after its last, what it returned). A block's
+        # row is the returned node's field; which child a node came from names a branch.
+        self.calls: list[tuple[str, int, int, object]] = []
 
     def trace(self, root, concrete_args=None):
         self.thread = threading.get_ident()
@@ -269,7 +279,14 @@ class _Tracer(fx.Tracer):
         return threading.get_ident() != self.thread
 
     def call_module(self, m, forward, args, kwargs):
-        return forward(*args, **kwargs) if self._elsewhere() else super().call_module(m, forward, args, kwargs)
+        if self._elsewhere():
+            return forward(*args, **kwargs)
+        if id(m) in self.leaves:
+            return super().call_module(m, forward, args, kwargs)
+        start = len(self.graph.nodes)
+        out = super().call_module(m, forward, args, kwargs)
+        self.calls.append((self.path_of_module(m), start, len(self.graph.nodes), out))
+        return out
 
     def getattr(self, attr, attr_val, parameter_proxy_cache):
         return attr_val if self._elsewhere() else super().getattr(attr, attr_val, parameter_proxy_cache)
@@ -281,18 +298,91 @@ class _Tracer(fx.Tracer):
 class _Walk(fx.Interpreter):
     """Runs the traced graph once on a real input, carrying a `_State` beside every tensor."""
 
-    def __init__(self, gm: fx.GraphModule, inspectable: dict[str, nn.Module]):
+    def __init__(self, gm: fx.GraphModule, inspectable: dict[str, nn.Module],
+                 blocks: dict[str, nn.Module] | None = None, traced: list | None = None):
         super().__init__(gm)
         self.inspectable = inspectable
         self.states: dict[fx.Node, object] = {}  # _State, _UNKNOWN, or None (not from the input)
         self.rows: list[Row] = []
         self.calls: dict[str, int] = {}
         self.unknown = ""  # the first op whose effect on fields is not a window
+        self.notes: dict[fx.Node, str] = {}  # a merge's own note (jumps disagree, global context)
+        # Blocks by the node their forward returned, inner ones first (a container's call
+        # returns after its children's): their rows follow that node's, as their hooks do.
+        self.index = {node: k for k, node in enumerate(gm.graph.nodes)}
+        self.traced = [(p, a, b) for p, a, b, _ in traced or ()]
+        self.blocks_at: dict[fx.Node, list[tuple[str, int, int]]] = {}
+        for path, a, b, out in traced or ():
+            if path in (blocks or {}) and isinstance(out, fx.Proxy):
+                self.blocks_at.setdefault(out.node, []).append((path, a, b))
+        self.blocks = blocks or {}
 
     def run_node(self, n: fx.Node):
         out = super().run_node(n)
         self.states[n] = self._state(n, out) if isinstance(out, torch.Tensor) else None
+        for k, call in enumerate(self.blocks_at.get(n, ()) if self.states[n] is not None else ()):
+            self._block_row(n, out, call, self.blocks_at[n][:k])
         return out
+
+    # ------------------------------------------------------------ blocks
+
+    def _block_row(self, n: fx.Node, out: torch.Tensor, call: tuple[str, int, int], inner: list) -> None:
+        """The row of a block whose forward returned node `n`: that tensor's field."""
+        path = call[0]
+        k = self.calls.get(path, 0)
+        self.calls[path] = k + 1
+        m = self.blocks[path]
+        row = Row(f"{path}#{k}" if k else path, type(m).__name__, tuple(out.shape[1:]),
+                  sum(p.numel() for p in m.parameters()), block=True)
+        st = self.states[n]
+        if isinstance(st, _State):
+            row.field, row.extent, row.note = st.field(), st.extent(), self._explain(n, call, inner)
+        else:
+            row.note = f"unknown: the arithmetic cannot follow {self.unknown}"
+        self.rows.append(row)
+
+    def _explain(self, n: fx.Node, call: tuple[str, int, int], inner: list) -> str:
+        """What made a block's output: its last part's output (a stage), or the merge of its
+        branches the output comes from without any window after it (ResNet's ReLU after the
+        sum); else a chain of layers."""
+        path, start, end = call
+        last = [p for p, _, _ in inner if p.startswith(path + ".")]
+        if last:
+            return f"block output: its last part's, {last[-1]}"
+        node, field = n, self.states[n].field()
+        while start <= self.index[node] < end:
+            ins = [a for a in node.all_input_nodes if isinstance(self.states.get(a), _State)]
+            kind = _MERGES.get(node.target) if node.op == "call_function" else None
+            if kind in ("add", "mul", "cat", "stack") and len(ins) > 1:
+                names = [self._branch(a, call) for a in ins]
+                shown = names if len(names) <= 4 else [*names[:2], "…", names[-1]]
+                what = {"add": "sum", "mul": "product", "cat": "concatenation", "stack": "stack"}[kind]
+                note = f"block output: {what} of {len(ins)} branches ({', '.join(shown)}), field = their union"
+                return note + (f"; {self.notes[node]}" if self.notes.get(node) else "")
+            if len(ins) != 1 or self.states[ins[0]].field() != field:
+                break
+            node = ins[0]
+        return "block output: a chain of layers (no merge), field = its last layer's"
+
+    def _branch(self, a: fx.Node, call: tuple[str, int, int]) -> str:
+        """Which child of the block node `a` comes from ("input": the block's own input)."""
+        path, start, end = call
+        while True:
+            if not start <= self.index[a] < end:
+                return "input"
+            if a.op in ("call_module", "get_attr"):
+                owner = str(a.target)
+            else:  # the innermost call traced through that made it
+                inside = [(p, s) for p, s, e in self.traced if s <= self.index[a] < e]
+                owner = max(inside, key=lambda t: t[1])[0] if inside else ""
+            if owner.startswith(path + "."):
+                child = owner[len(path) + 1:].split(".")[0]
+                if not _is_noop(self.blocks[path].get_submodule(child)):  # StochasticDepth: look past it
+                    return child
+            ins = [x for x in a.all_input_nodes if self.states.get(x) is not None]
+            if not ins:  # an op of the block's own forward on constants only
+                return a.name
+            a = ins[0]  # an op of the block's own forward: follow what it was applied to
 
     def _state(self, n: fx.Node, out: torch.Tensor):
         """The tensor's `_State`, `_UNKNOWN`, or None for tensors not computed from the input."""
@@ -340,6 +430,8 @@ class _Walk(fx.Interpreter):
         else:
             st, note = self._generic(n, out, ins)
         self._row(n, out, st, window, note, kind)
+        if note:
+            self.notes[n] = note
         return st
 
     def _generic(self, n: fx.Node, out: torch.Tensor, ins: list[_State]) -> tuple[object, str]:
@@ -425,14 +517,16 @@ def architecture(model: Model, input_size=None) -> list[Row]:
     hooks off this model's modules while they are traced and walked; other models'
     passes in other threads go past the tracer (see `_Tracer`)."""
     h, w = _check_size(input_size or model.input_size)
-    inspectable = model.layer_modules
+    # Blocks are traced through (their layers have rows of their own); the rest stop it.
+    blocks = {n: m for n, m in model.layer_modules.items() if n in model.blocks}
+    inspectable = {n: m for n, m in model.layer_modules.items() if n not in blocks}
     tracer = _Tracer({id(m) for m in inspectable.values()})
     try:
         graph = tracer.trace(model.net)
     except Exception as e:  # dynamic control flow fx cannot follow
         raise RFError(f"Cannot trace {model.id} with torch.fx ({type(e).__name__}: {e}); "
                       "receptive fields need a traceable forward.") from None
-    walk = _Walk(fx.GraphModule(tracer.root, graph), inspectable)
+    walk = _Walk(fx.GraphModule(tracer.root, graph), inspectable, blocks, tracer.calls)
     with torch.no_grad():
         walk.run(torch.zeros(1, 3, h, w))
     return walk.rows
@@ -558,7 +652,7 @@ def _input_grads(model: Model, x: torch.Tensor, layer: str, ij: tuple[int, int],
     with Recorder(model, [layer], detach=False) as rec, torch.enable_grad():
         model.net(xg)
         out = rec.outputs[layer]
-        if out._version:  # a later in-place op (ResNet's `out += identity`) changed it
+        if layer in rec.mutated():  # a later in-place op (ResNet's `out += identity`) changed it
             raise RFError(f"{layer}'s output is changed in place by the operation after it (a residual add "
                           "or an in-place ReLU), "
                           "so its own gradient cannot be taken; pick the layer right after it.")
@@ -671,8 +765,8 @@ class Table(Result):
         return check_layer(self.rows, layer, spatial)
 
     def default_layer(self) -> str:
-        """Deep enough that the field is interesting."""
-        names = list(self.spatial)
+        """Deep enough that the field is interesting (among layers: blocks would move it)."""
+        names = [n for n, r in self.spatial.items() if not r.block]
         return names[len(names) * 3 // 5]
 
     def place(self, layer: str, i: int | None, j: int | None) -> tuple[int, int]:

@@ -26,6 +26,7 @@ spec's fields as arguments (Captum's uniform signature, mirrored).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from typing import Callable, NamedTuple
 
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from . import bounds
+from . import bounds, faithfulness
 from .activations import LayerNotFound
 from .contract import CnnvizError, Progress, Result, Spec
 from .hooks import Recorder, as_map, unguided_activations
@@ -96,17 +97,35 @@ class SaliencySpec(Spec):
 @dataclass(frozen=True)
 class SweepSpec(Spec):
     """Grad-CAM at several layers (None: the last layer of every stage, `stage_layers`)
-    from one forward and one backward pass."""
+    from one forward and one backward pass. `advise`: the layer advisor: each map (and a
+    random order) scored by deletion and insertion (`cnnviz.faithfulness`, `steps` cuts,
+    one batched set of passes), the best layer named."""
 
     target: int | None = None
     contrast: int | None = None
     layers: tuple[str, ...] | None = None
+    advise: bool = False
+    steps: int = faithfulness.STEPS
+    seed: int = 0
 
     def check(self, model) -> "SweepSpec":
-        layers = tuple(check_cam_layer(model, l) for l in (self.layers or stage_layers(model)))
+        if isinstance(self.layers, str):
+            raise SaliencyError(f"Give the layers as a list of names, not the text {bounds._shown(self.layers)}.")
+        layers = tuple(dict.fromkeys(check_cam_layer(model, l) for l in (self.layers or stage_layers(model))))
+        if len(layers) > bounds.MAX_SWEEP_LAYERS:
+            raise SaliencyError(f"A sweep takes at most {bounds.MAX_SWEEP_LAYERS} layers, not {len(layers)}.")
         checked = replace(self, target=check_class(model, self.target), contrast=check_class(model, self.contrast),
-                          layers=layers)
+                          layers=layers, advise=bool(self.advise),
+                          steps=bounds.whole(self.steps, "steps", 2, bounds.MAX_CURVE_STEPS, SaliencyError),
+                          seed=bounds.seed(self.seed, SaliencyError))
         return self if checked == self else checked
+
+    def passes(self, model) -> int:
+        """One forward and backward for every map, the top-1's pass when `target` is None,
+        and the advisor's deletion and insertion images (the layers' and a random order)."""
+        layers = self.layers or stage_layers(model)
+        curves = faithfulness.passes(len(layers) + 1, int(self.steps)) if self.advise else 0
+        return 1 + (self.target is None) + curves
 
 
 @dataclass(frozen=True)
@@ -214,14 +233,45 @@ class Attribution(Result):
 
 
 @dataclass
+class Advice:
+    """One layer's (or the random order's) deletion and insertion, as the advisor scores it."""
+
+    layer: str
+    deletion: np.ndarray = field(repr=False)  # the target's probability as pixels go, most salient first
+    insertion: np.ndarray = field(repr=False)  # ... as they come back onto the blurred image
+    deletion_auc: float = 0.0  # lower: more faithful
+    insertion_auc: float = 0.0  # higher: more faithful
+
+    @property
+    def score(self) -> float:
+        """Insertion minus deletion area: one number, higher for a map whose top pixels
+        both carry the decision alone and take it away when removed."""
+        return self.insertion_auc - self.deletion_auc
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "deletion_auc": self.deletion_auc, "insertion_auc": self.insertion_auc}
+
+
+@dataclass
 class Sweep(Result):
     target: int
     contrast: int | None
     maps: dict[str, np.ndarray] = field(repr=False)  # layer -> Grad-CAM float32 [H, W] at input resolution
+    advice: list[Advice] | None = None  # the advisor's scores, per layer in the sweep's order
+    random: Advice | None = None  # the same for a random order: the bar a layer must clear
+
+    @property
+    def best(self) -> str | None:
+        """The advisor's choice: the layer with the highest insertion minus deletion area."""
+        return max(self.advice, key=lambda a: a.score).layer if self.advice else None
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "target": self.target, "contrast": self.contrast, "layers": list(self.maps),
-                "seconds": self.seconds}
+        d = {"model": self.model, "target": self.target, "contrast": self.contrast, "layers": list(self.maps),
+             "seconds": self.seconds}
+        if self.advice is not None:
+            d |= {"advice": [a.to_dict() for a in self.advice], "best": self.best,
+                  "random": {k: v for k, v in self.random.to_dict().items() if k != "layer"}}
+        return d
 
 
 # ---------------------------------------------------------------- entry points
@@ -231,13 +281,25 @@ def run(model: Model, image, spec: SaliencySpec | SweepSpec, *, progress: Progre
     """The job runner's entry point: an `Attribution` for a `SaliencySpec`, a `Sweep` for
     a `SweepSpec`. `image`: a PIL image or pixels [1, 3, H, W] in [0, 1]."""
     if isinstance(spec, SweepSpec):
-        spec = spec.check(model)
-        target = spec.target if spec.target is not None else int(classify(model, model.to_pixels(image))[0].argmax())
-        return Sweep(target, spec.contrast, gradcam_sweep(model, image, target, spec.contrast, list(spec.layers)))
+        return _sweep(model, image, spec.check(model), Progress.of(progress))
     return attribute(model, image, spec.method, spec.target, spec.layer, spec.contrast, batch_size=spec.batch_size,
                      smooth_samples=spec.smooth_samples, smooth_std=spec.smooth_std, ig_steps=spec.ig_steps,
                      occlusion_window=spec.occlusion_window, occlusion_stride=spec.occlusion_stride,
                      progress=progress)
+
+
+def _sweep(model: Model, image, spec: SweepSpec, progress: Progress) -> Sweep:
+    target = spec.target if spec.target is not None else int(classify(model, model.to_pixels(image))[0].argmax())
+    maps = gradcam_sweep(model, image, target, spec.contrast, list(spec.layers))
+    if not spec.advise:
+        return Sweep(target, spec.contrast, maps)
+    progress(0.0, "Scoring each layer's map by deletion and insertion")
+    # The contrast's maps are scored on the target's probability: what the user asked to explain.
+    found = faithfulness.curves(model, image, {**maps, faithfulness.RANDOM: None}, target, spec.steps, spec.seed,
+                                progress=progress)
+    scored = [Advice(name, c["deletion"], c["insertion"], faithfulness.area(c["deletion"]),
+                     faithfulness.area(c["insertion"])) for name, c in found.items()]
+    return Sweep(target, spec.contrast, maps, scored[:-1], scored[-1])
 
 
 class _Score(nn.Module):
@@ -355,11 +417,14 @@ def _gradcam(model, score, x, layer, batch_size, progress=None) -> np.ndarray:
 
 def _gradcampp(model, score, x, layer, batch_size, progress=None) -> np.ndarray:
     """Chattopadhyay et al. 2018: pixel-wise weights from second and third powers of
-    the gradient (the closed form for an exponential score)."""
+    the gradient (the closed form for an exponential score),
+    alpha = g^2 / (2 g^2 + sum(A) g^3), written as 1 / (2 + sum(A) g): the same ratio with
+    g^2 cancelled, so no epsilon is needed (gradients of 1e-4 make 2 g^2 as small as any
+    epsilon, which moved the map by up to a quarter of its peak). Only g > 0 counts (the
+    weights take relu(g))."""
     act, grad = _layer_and_grad(model, score, x, layer)
-    g2, g3 = grad ** 2, grad ** 3
-    denom = 2 * g2 + act.sum((1, 2), keepdim=True) * g3
-    alpha = torch.where(grad != 0, g2 / (denom + EPS), torch.zeros_like(grad))
+    denom = 2 + act.sum((1, 2), keepdim=True) * grad
+    alpha = torch.where((grad > 0) & (denom != 0), 1 / denom, torch.zeros_like(grad))
     weights = (alpha * F.relu(grad)).sum((1, 2))
     return F.relu((weights[:, None, None] * act).sum(0)).numpy()
 
@@ -490,10 +555,27 @@ def _guided_backprop_map(model, x, score, spec, progress, exact) -> _Maps:
 
 
 def _guided_backprop(score, x) -> np.ndarray:
+    a = _guided_class()(score).attribute(x.detach().requires_grad_(True), target=0)
+    return a.detach()[0].abs().amax(0).numpy()
+
+
+@functools.cache
+def _guided_class():
+    """Captum's Guided Backprop, with its rule extended from nn.ReLU to the clamp
+    activations (nn.Hardtanh, so nn.ReLU6): the backward hook keeps only the positive
+    part of the gradient the module passes back, and a clamp passes gradient only where
+    its input lies inside the linear range, so the guided gradient is
+    relu(grad_out) * [lo < x < hi], ReLU's own rule (lo = 0, hi = inf) for a clamp.
+    Only the choice of modules is ours; Captum registers and removes the hooks."""
+    from captum._utils.common import _register_backward_hook
     from captum.attr import GuidedBackprop
 
-    a = GuidedBackprop(score).attribute(x.detach().requires_grad_(True), target=0)
-    return a.detach()[0].abs().amax(0).numpy()
+    class GuidedClamps(GuidedBackprop):
+        def _register_hooks(self, module: nn.Module) -> None:
+            if isinstance(module, GUIDED_MODULES):
+                self.backward_hooks.extend(_register_backward_hook(module, self._backward_hook, self))
+
+    return GuidedClamps
 
 
 # ---------------------------------------------------------------- the registry
@@ -517,13 +599,17 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 
 # ---------------------------------------------------------------- guided methods
 
-_PRETTY = {"hardtanh": "ReLU6 (hardtanh)", "relu": "F.relu outside nn.ReLU modules", "silu": "SiLU"}
+# Activations the guided rule is defined for: ReLU, and the clamps (ReLU6 is an nn.Hardtanh).
+GUIDED_MODULES = (nn.ReLU, nn.Hardtanh)
+_PRETTY = {"hardtanh": "hardtanh outside nn.Hardtanh/ReLU6 modules", "relu": "F.relu outside nn.ReLU modules",
+           "silu": "SiLU", "gelu": "GELU", "hardswish": "Hardswish"}
 
 
 def check_guided(model: Model) -> None:
-    bad = unguided_activations(model)  # found by watching one forward pass
+    bad = unguided_activations(model, GUIDED_MODULES)  # found by watching one forward pass
     if bad:
         raise SaliencyError(
-            f"Guided Backprop only changes nn.ReLU modules, but {model.label} also applies "
-            f"{', '.join(_PRETTY.get(b, b) for b in bad)}, so its guided maps would silently be plain gradients. "
-            "Use Grad-CAM, gradients or Integrated Gradients for this model.")
+            f"Guided Backprop changes only ReLU and clamp (ReLU6) modules, but {model.label} also applies "
+            f"{', '.join(_PRETTY.get(b, b) for b in bad)}: there the rule is not defined (a smooth activation "
+            "has no range where its gradient is simply passed or blocked), and its guided maps would silently "
+            "be plain gradients. Use Grad-CAM, gradients or Integrated Gradients for this model.")

@@ -11,9 +11,9 @@ checks for several methods (the saliency page's "Trust checks" tab, and
   the old ones, which are put back at the end: the job runner hands this job a private
   copy of the modules (it is heavy), whose weight tensors are the shared model's, so
   swapping Parameters (never writing into them) leaves every other session's model alone.
-- Deletion (`deletion_curve`): remove the most salient pixels first and watch the target
-  probability fall; a faithful map makes it fall faster (smaller area) than a random
-  order does.
+- Deletion (`cnnviz.faithfulness`): remove the most salient pixels first and watch the
+  target probability fall; a faithful map makes it fall faster (smaller area) than a
+  random order does. Every method's curve and the random order's in one batched set.
 """
 from __future__ import annotations
 
@@ -27,13 +27,13 @@ from torch import nn
 
 from . import bounds
 from .contract import CnnvizError, NotFound, Progress, Result, Spec
+from .faithfulness import RANDOM, area, curves, passes as curve_passes
 from .model import Model
 from .predict import classify
 from .saliency import METHODS, SaliencySpec, attribute, check_class
 
 DEFAULT_METHODS = ("gradcam", "gradients", "ig")
 DELETION_STEPS = 20
-RANDOM = "random"  # the deletion curve of a seeded random order, next to the methods'
 
 
 class TrustError(CnnvizError):
@@ -76,12 +76,12 @@ class TrustSpec(Spec):
 
     def passes(self, model) -> int:
         """Every method's map (with the target known) at every step of the cascade, a
-        deletion curve per method and for the random order (one batch of
-        `DELETION_STEPS + 1` images each), and the top-1 when `target` is None."""
+        deletion curve per method and for the random order (their shared ends once), and
+        the top-1 when `target` is None."""
         maps = sum(METHODS[m].passes(SaliencySpec(m, target=0), model) for m in self.methods if m in METHODS)
         steps = min(int(self.steps), bounds.MAX_TRUST_STEPS)
         return (maps * len(_cuts(randomization_blocks(model), steps))
-                + (len(self.methods) + 1) * (DELETION_STEPS + 1) + (self.target is None))
+                + curve_passes(len(self.methods) + 1, DELETION_STEPS, ("deletion",)) + (self.target is None))
 
 
 @dataclass
@@ -114,16 +114,15 @@ def run(model: Model, image, spec: TrustSpec, *, progress: Progress | None = Non
     maps: dict = {}  # the trained model's attributions, from the randomization's first step
     rand = randomization_check(model, x, list(spec.methods), target, spec.steps, spec.seed,
                                progress=progress.part(0.0, 0.8), keep=maps)
-    curves, areas = {}, {}
-    names = [*spec.methods, RANDOM]
-    for i, m in enumerate(names):
-        progress(0.8 + 0.2 * i / len(names), f"Deletion curve: {METHODS[m].label if m in METHODS else 'random order'}")
-        curve = deletion_curve(model, image, maps[m].map if m in maps else None, target, DELETION_STEPS, spec.seed)
-        curves[m], areas[m] = curve.tolist(), area(curve)
+    progress(0.8, "Deletion curves")
+    orders = {m: maps[m].map for m in spec.methods} | {RANDOM: None}
+    deletion = {m: c["deletion"] for m, c in curves(model, image, orders, target, DELETION_STEPS, spec.seed,
+                                                    ("deletion",), progress=progress.part(0.8, 1.0)).items()}
     progress(1.0, "Done")
     first = maps[spec.methods[0]]
     return TrustReport(target, first.label, first.prob, list(spec.methods), rand["steps"], rand["blocks"],
-                       rand["correlation"], curves, areas)
+                       rand["correlation"],
+                       {m: c.tolist() for m, c in deletion.items()}, {m: area(c) for m, c in deletion.items()})
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -225,33 +224,3 @@ def randomization_check(model: Model, image: Image.Image | torch.Tensor, methods
                     a = attribute(model, x, m, target, progress=part, exact=True)
                     result["correlation"][m].append(spearman(originals[m].map, a.map))
     return result
-
-
-def deletion_curve(model: Model, image: Image.Image | torch.Tensor, saliency: np.ndarray | None, target: int,
-                   steps: int = 20, seed: int = 0, blur: float = 12.0) -> np.ndarray:
-    """Target probability as the top 0, 1/steps, ..., 100% of pixels (by `saliency`, or a
-    seeded random order when None) are replaced by a blurred copy; one batched pass.
-    Blur rather than grey: scattered grey pixels are noise that fails any CNN, and
-    would make every order, random included, look equally "faithful"."""
-    from PIL import ImageFilter
-
-    x = model.to_pixels(image)[0]
-    base = model.input_image(image).filter(ImageFilter.GaussianBlur(blur))
-    fill = torch.from_numpy(np.asarray(base, np.float32) / 255).permute(2, 0, 1).reshape(3, -1)
-    h, w = x.shape[-2:]
-    if saliency is None:
-        order = np.random.default_rng(seed).permutation(h * w)
-    else:
-        order = np.argsort(-saliency.ravel(), kind="stable")
-    batch = x.repeat(steps + 1, 1, 1, 1)
-    for k in range(1, steps + 1):
-        idx = torch.from_numpy(order[: round(k * h * w / steps)])
-        flat = batch[k].view(3, -1)
-        flat[:, idx] = fill[:, idx]
-    return classify(model, batch)[:, target]
-
-
-def area(curve: np.ndarray) -> float:
-    """Area under a deletion curve over [0, 1] (trapezoids): lower = more faithful."""
-    xs = np.linspace(0, 1, len(curve))
-    return float(np.sum((curve[1:] + curve[:-1]) / 2 * np.diff(xs)))

@@ -67,7 +67,8 @@ def _on_layer() -> None:
 
 def _label(name: str) -> str:
     c, h, w = shapes[name]
-    return f"{names.index(name) + 1}. {name} · {info[name].type} · {c}x{h}x{w}"
+    kind = f"{info[name].type} (block)" if info[name].block else info[name].type  # a block's output
+    return f"{names.index(name) + 1}. {name} · {kind} · {c}x{h}x{w}"
 
 
 if (name := new_click("act_depth_chart")) in shapes:

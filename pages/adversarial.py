@@ -1,9 +1,13 @@
+import numpy as np
 import streamlit as st
 from PIL import Image
 
 from cnnviz import adversarial as A
-from cnnviz import render
+from cnnviz import divergence as D
+from cnnviz import render, render_divergence
+from cnnviz.activations import LayerNotFound, mosaic
 from cnnviz.app import cache
+from cnnviz.app.clicks import new_click
 from cnnviz.app.router import selection
 from cnnviz.app.url import restore, restore_number
 from cnnviz.contract import CnnvizError
@@ -132,9 +136,11 @@ st.caption(
     + " All images are the network's 8-bit input (resized and cropped), so what you see is what it classifies."
 )
 
-# Tracked tabs (key + on_change): the server knows the open tab, so the sweep button's rerun keeps it open.
-tab_png, tab_cam, tab_sweep = st.tabs(["Download (8-bit PNG)", "Where the decision moved", "Budget sweep"],
-                                       key="adv_view", on_change="rerun")
+# Tracked tabs bound to the URL (`adv_view`): the server knows the open tab, so the sweep button's rerun
+# keeps it open, a link can open a tab, and the depth view records only while it is open.
+tab_png, tab_cam, tab_sweep, tab_div = st.tabs(
+    ["Download (8-bit PNG)", "Where the decision moved", "Budget sweep", "Where the attack takes over"],
+    key="adv_view", on_change="rerun", bind="query-params")
 
 with tab_png:
     got = f"{cat[int(res.png_probs.argmax())]} ({res.png_probs.max():.1%})"
@@ -149,17 +155,18 @@ with tab_png:
                "check classifies it as is. Resizing it again (as the sidebar does with uploads) smooths the "
                "perturbation and often undoes it.")
 
-with tab_cam:
-    st.caption("Grad-CAM (last spatial layer) for each image's own answer, and for the original answer on the "
-               "adversarial image: the picture barely changed, the evidence did.")
-    g = [(res.original, res.label, f"original, {cat[res.label]}"),
-         (res.adversarial, res.predicted, f"adversarial, {cat[res.predicted]}")]
-    if res.predicted != res.label:
-        g.append((res.adversarial, res.label, f"adversarial, still explaining {cat[res.label]}"))
-    cols = st.columns(len(g))
-    for col, (rgb, cls, text) in zip(cols, g):
-        cam = cache.run(SaliencySpec("gradcam", target=cls), model, from_uint8(rgb), cache.sha(rgb.tobytes())).map
-        col.image(render.overlay(Image.fromarray(rgb), cam, 0.5, "jet"), caption=text, width="stretch")
+if tab_cam.open:  # lazy: three Grad-CAMs only when asked
+    with tab_cam:
+        st.caption("Grad-CAM (last spatial layer) for each image's own answer, and for the original answer on the "
+                   "adversarial image: the picture barely changed, the evidence did.")
+        g = [(res.original, res.label, f"original, {cat[res.label]}"),
+             (res.adversarial, res.predicted, f"adversarial, {cat[res.predicted]}")]
+        if res.predicted != res.label:
+            g.append((res.adversarial, res.label, f"adversarial, still explaining {cat[res.label]}"))
+        cols = st.columns(len(g))
+        for col, (rgb, cls, text) in zip(cols, g):
+            cam = cache.run(SaliencySpec("gradcam", target=cls), model, from_uint8(rgb), cache.sha(rgb.tobytes())).map
+            col.image(render.overlay(Image.fromarray(rgb), cam, 0.5, "jet"), caption=text, width="stretch")
 
 with tab_sweep:
     st.caption("The same attack at every budget from 1/255 up, each starting from the previous budget's "
@@ -185,3 +192,94 @@ with tab_sweep:
             st.markdown(f"Smallest budget that changes the decision: **{sweep.smallest:g}/255**.")
     else:
         st.caption(f"{top} attacks of {res.steps} step(s) each; press the button to start.")
+
+# ---------------------------------------------------------------- where the attack takes over
+
+DIV_TEXT = (
+    "Each point compares one layer's activation on a perturbed image with the clean one: the length of the "
+    "difference over the length of the clean activation. At the pixels both perturbations are equally small. "
+    "The random noise points nowhere in particular, so the layers average much of it away and its curve stays "
+    "low or fades; the attack was chosen along the few directions the network amplifies, so its change grows "
+    "with depth until the answer flips. The star marks the layer where the attack's change rises fastest; the "
+    "lower panel counts how many of each layer's {k} strongest channels (by mean) are no longer among the "
+    "strongest. Click a point, or pick a layer below, to compare its maps."
+)
+
+if tab_div.open:  # lazy: nothing is recorded unless this tab is open
+    with tab_div:
+        names = D.layer_names(model)
+        if (clicked := new_click("adv_div_chart")) in names:
+            ss["adv_layer"] = clicked
+        if ss.get("adv_layer") not in names:
+            ss.pop("adv_layer", None)
+            asked = qp.get("layer")
+            if asked is not None and asked in names:
+                ss["adv_layer"] = asked
+            elif asked is not None:
+                st.warning(f"{LayerNotFound(str(asked), names, where='')} The view opens where the attack's change "
+                           "rises fastest.", icon=":material/link:")
+        pic_adv, pic_noise = D.Picture.of(res.adversarial), D.Picture.of(ctl.adversarial)
+        div = None
+        try:
+            div = cache.run(D.DivergenceSpec(pic_adv, pic_noise), model, sel.image, sel.image_sha,
+                            label="Recording every layer for the three images:")
+        except CnnvizError as e:
+            st.error(str(e))
+        if div is not None and div.rows:
+            rows = {r["layer"]: r for r in div.rows}
+            if ss.get("adv_layer") not in rows:
+                ss["adv_layer"] = div.fastest or div.layers[-1]
+            st.caption(DIV_TEXT.format(k=div.k))
+            st.plotly_chart(render_divergence.divergence_figure(div.rows, div.fastest, ss["adv_layer"], div.k, name),
+                            key="adv_div_chart", on_select="rerun", selection_mode="points",
+                            config={"displaylogo": False, "toImageButtonOptions": {"filename": "attack-depth"}})
+            last = div.rows[-1]
+            if last["adversarial"] is not None and last["noise"] is not None:
+                st.markdown(f"At the last layer ({last['layer']}) the attack moved the activation by "
+                            f"**{last['adversarial']:.0%}** of its length, the noise by **{last['noise']:.0%}**."
+                            + (f" The fastest rise is at **{div.fastest}**." if div.fastest else ""))
+
+            def _layer_label(n: str) -> str:
+                v = rows[n]["adversarial"]
+                return f"{div.layers.index(n) + 1}. {n} · change {'undefined' if v is None else f'{v:.3g}'}"
+
+            layer = st.selectbox("Layer (execution order)", div.layers, key="adv_layer", format_func=_layer_label)
+            qp["layer"] = layer
+            pair = None
+            try:
+                pair = cache.run_shared(D.LayerPairSpec(layer, pic_adv), model, sel.image, sel.image_sha,
+                                        label="Recording the layer:")
+            except CnnvizError as e:
+                st.error(str(e))
+            if pair is not None:
+                r = rows[layer]
+
+                def _pct(v) -> str:
+                    return "undefined (all zero on the clean image)" if v is None else f"{v:.1%}"
+
+                m1, m2, m3 = st.columns(3)
+                m1.metric(f"{name}: relative change", _pct(r["adversarial"]))
+                m2.metric("Random noise: relative change", _pct(r["noise"]))
+                m3.metric(f"Top-{div.k} channels changed", f"{r['top_changed']} (noise {r['noise_top_changed']})")
+                if pair.spatial:
+                    order = np.lexsort((np.arange(len(pair.clean)), -pair.clean.reshape(len(pair.clean), -1).mean(1)))
+                    q1, q2, q3 = st.columns(3)
+                    q1.image(mosaic(pair.clean, order)[0], width="stretch",
+                             caption=f"{layer} on the original: {pair.clean.shape[0]} maps, strongest (by mean) first")
+                    q2.image(mosaic(pair.adversarial, order)[0], width="stretch",
+                             caption="on the adversarial image, same tile order")
+                    q3.image(mosaic(np.abs(pair.adversarial - pair.clean), order)[0], width="stretch",
+                             caption="the change |adversarial - original|, same order (white = most changed)")
+                    st.caption("Each mosaic is scaled to its own range (white = its strongest value).")
+                else:
+                    st.info(f"{layer} gives {pair.clean.shape[0]} numbers, not maps: its channels are the values "
+                            "themselves.")
+                left, entered = pair.top_sets()
+                c1, c2 = st.columns([2, 1])
+                with c1:
+                    st.markdown("**The channels that changed most**")
+                    st.plotly_chart(render_divergence.channel_change_bars(pair.channels()), key="adv_div_channels")
+                with c2:
+                    st.markdown(f"**Top {div.k} by mean**")
+                    st.markdown(f"Left the top on the adversarial image: {', '.join(map(str, left)) or 'none'}  \n"
+                                f"Entered it: {', '.join(map(str, entered)) or 'none'}")

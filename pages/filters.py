@@ -106,7 +106,8 @@ def unit_controls(gallery: bool) -> FV.FeatureVisSpec | FV.GallerySpec:
     restore_number("fv_seed", "seed", *SEEDS)
     restore_number("fv_n", "n", 1, bounds.MAX_GALLERY)
     if ss.get("fv_layer") not in layers:
-        ss["fv_layer"] = layers[len(layers) // 2]
+        leaves = [l for l in layers if l not in model.blocks] or layers  # the middle of the leaf layers, as before blocks
+        ss["fv_layer"] = leaves[len(leaves) // 2]
     if ss.get("fv_objective") not in objectives:
         ss["fv_objective"] = "channel"
     for key, default in (("fv_size", 128), ("fv_steps", 256), ("fv_lr", 0.05), ("fv_seed", 0), ("fv_n", 8)):

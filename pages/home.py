@@ -32,7 +32,8 @@ st.subheader(f"About {model.label}")
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Parameters", f"{model.params / 1e6:.1f} M")
 c2.metric("Input size", f"{model.input_size[0]} x {model.input_size[1]}")
-c3.metric("Layers", len(model.layers), help="Convolutions, normalizations, activations, pooling and linear layers, one per call.")
+c3.metric("Layers", len(model.layers), help="Convolutions, normalizations, activations, pooling and linear layers, one per call, "
+                                          "and the blocks made of them (residual, Inception, dense blocks, stages).")
 c4.metric("Classes", len(model.categories))
 
 st.subheader("Explore")

@@ -78,7 +78,8 @@ ss.setdefault("rf_channel", 0)
 
 def _label(name: str) -> str:
     r = named[name]
-    return f"{names.index(name) + 1}. {name} · {r.type} · field {r.field.size[0]}x{r.field.size[1]}"
+    kind = f"{r.type} (block)" if r.block else r.type  # a block's output: its branches' union
+    return f"{names.index(name) + 1}. {name} · {kind} · field {r.field.size[0]}x{r.field.size[1]}"
 
 
 c_layer, c_y, c_x = st.columns([4, 1, 1], vertical_alignment="bottom")
@@ -202,7 +203,8 @@ with tab_arch:
         f"Every layer of **{model.label}** in execution order, from the network's graph (torch.fx), "
         f"at input {model.input_size[0]}x{model.input_size[1]}. *Field* is the size of the input region "
         "one unit sees, *jump* how far apart neighbouring units' fields are, *start* the centre of the "
-        "first unit's field. Merges (residual adds, concatenations) take the union of their branches."
+        "first unit's field. Merges (residual adds, concatenations) take the union of their branches; "
+        "a block's row (residual, Inception, dense block, stage) is the field of what it returns."
     )
     dicts = [r.to_dict() for r in table.rows]
     st.plotly_chart(render.rf_depth_figure(dicts, model.input_size, layer), key="rf_depth_chart",
@@ -211,12 +213,13 @@ with tab_arch:
     def _s(v):
         return "" if v is None else " x ".join(f"{x:g}" for x in v)
 
-    listing = [{"#": k + 1, "layer": d["name"], "type": d["type"], "kernel": _s(d["kernel"]),
+    listing = [{"#": k + 1, "layer": d["name"], "type": d["type"] + (" (block)" if d["block"] else ""),
+                "kernel": _s(d["kernel"]),
               "stride": _s(d["stride"]), "dilation": _s(d["dilation"]), "padding": _s(d["padding"]),
               "output": _s(d["shape"]), "params": d["params"], "field": _s(d["size"]), "jump": _s(d["jump"]),
               "start": _s(d["start"]), "note": d["note"]} for k, d in enumerate(dicts)]
     st.dataframe(listing, hide_index=True, width="stretch", height=420)
-    if notes := sorted({d["note"] for d in dicts if d["note"]}):
+    if notes := sorted({d["note"] for d in dicts if d["note"] and not d["block"]}):  # a block's: what it merges
         st.warning("Notes: " + "; ".join(notes))
     st.download_button("Table (JSON)", json.dumps(dicts, indent=1), f"architecture-{model.id.replace(':', '_')}.json",
                        "application/json")

@@ -3,8 +3,10 @@ import io
 import numpy as np
 import streamlit as st
 
+from cnnviz import agreement as AG
 from cnnviz import attention as ATT
 from cnnviz import render
+from cnnviz import render_saliency as RS
 from cnnviz import saliency as S
 from cnnviz import trust
 from cnnviz.app import cache
@@ -34,6 +36,13 @@ restore("sal_method", "method", lambda v: v in M, why=f"the methods are {', '.jo
 restore("sal_target", "target", lambda v: 0 <= v < n, int, why=classes)
 restore("sal_contrast", "contrast", lambda v: 0 <= v < n, int, why=classes)
 restore("sal_layer", "layer", lambda v: v in S.cam_layers(model), why=f"not a layer of {model.label} with a spatial map")
+restore("sal_advise", "advise", lambda v: v in (True, False), lambda t: t == "1")
+# A layer clicked on the advisor's chart (or its button) is the target layer of every CAM method.
+advised = new_click("sal_advice")
+if advised in S.cam_layers(model):
+    ss["sal_layer"] = advised
+    if not M[ss.get("sal_method", "gradcam")].takes_layer:
+        ss["sal_method"] = "gradcam"
 if ss.get("sal_target") is None or not 0 <= ss["sal_target"] < n:
     ss["sal_target"] = top5[0].index
 layers = S.cam_layers(model)
@@ -119,34 +128,78 @@ if tab_one.open:
 
 if tab_grid.open:
     with tab_grid:
-        chosen = st.multiselect("Methods", list(M), default=["gradcam", "gradcampp", "gradients", "ig"],
+        st.caption("The same class explained by several methods, how alike their maps are (rank correlation: 1 the "
+                   "same order of pixels, 0 unrelated), and how faithful each is: blur its most salient pixels first "
+                   "(deletion: the probability should fall fast) or restore them first onto a blurred copy "
+                   "(insertion: it should rise fast), against a random order.")
+        chosen = st.multiselect("Methods", AG.comparable_methods(), default=list(AG.DEFAULT_METHODS),
                                 key="sal_grid", format_func=_label)
-        if chosen:
-            cols = st.columns(min(len(chosen), 4))
-            bar = st.progress(0.0, text="Computing...")
+        comparison = None
+        if len(chosen) < 2:
+            st.info("Choose at least two methods to compare.")
+        else:
+            try:
+                comparison = cache.run(AG.AgreementSpec(tuple(chosen), target, layer, contrast), model, sel.image,
+                                       sel.image_sha, label="Methods side by side:")
+            except CnnvizError as e:
+                st.warning(str(e))
+        if comparison is not None:
             base = model.input_image(sel.image)
-            for i, m in enumerate(chosen):
-                with cols[i % len(cols)]:
-                    try:
-                        spec = S.SaliencySpec(m, target, layer or model.gradcam_layer if M[m].takes_layer else None,
-                                              contrast)
-                        a = cache.run(spec, model, sel.image, sel.image_sha, label=f"{M[m].label}:")
-                        st.image(render.overlay(base, a.map, opacity, cmap), caption=M[m].label, width="stretch")
-                    except CnnvizError:
-                        st.caption(f"{M[m].label}: not valid for this model (see the Map tab)")
-                bar.progress((i + 1) / len(chosen), text=f"{i + 1} of {len(chosen)} methods")
-            bar.empty()
+            cols = st.columns(min(len(comparison.methods), 4) or 1)
+            for i, m in enumerate(comparison.methods):
+                cols[i % len(cols)].image(render.overlay(base, comparison.maps[m], opacity, cmap), caption=M[m].label,
+                                          width="stretch")
+            for m, why in comparison.skipped.items():
+                st.caption(f"{M[m].label}: not valid for this model. {why}")
+            if len(comparison.methods) >= 2:
+                st.markdown(comparison.summary)
+                a1, a2 = st.columns([2, 3])
+                with a1:
+                    st.markdown("**Agreement** (Spearman rank correlation of the maps)")
+                    st.plotly_chart(RS.agreement_figure([M[m].label for m in comparison.methods], comparison.matrix),
+                                    key="sal_agree_chart")
+                with a2:
+                    st.markdown("**Faithfulness** (deletion: lower area is better; insertion: higher)")
+                    st.plotly_chart(RS.curves_figure(comparison.deletion, comparison.insertion, comparison.areas,
+                                                     _label), key="sal_curves_chart")
 
 if tab_sweep.open:
     with tab_sweep:
         st.caption("Grad-CAM at the last layer of every stage, from one forward and one backward pass: "
                    "early layers are sharp but literal, late layers coarse but about the class.")
-        sweep = cache.run(S.SweepSpec(target, contrast), model, sel.image, sel.image_sha).maps
-        base = model.input_image(sel.image)
-        cols = st.columns(len(sweep))
-        for col, (name, cam) in zip(cols, sweep.items()):
-            shape = next(l.shape for l in model.layers if l.name == name)
-            col.image(render.overlay(base, cam, opacity, cmap), caption=f"{name} ({shape[1]}x{shape[2]})", width="stretch")
+        advise = st.toggle("Which layer should I use? Score each one (deletion and insertion, a few hundred "
+                           "images)", key="sal_advise")
+        if advise:
+            qp["advise"] = "1"
+        elif "advise" in qp:
+            del qp["advise"]
+        sweep = None
+        try:
+            sweep = cache.run(S.SweepSpec(target, contrast, advise=advise), model, sel.image, sel.image_sha,
+                              label="Layer advisor:" if advise else "")
+        except CnnvizError as e:
+            st.warning(str(e))
+        if sweep is not None:
+            base = model.input_image(sel.image)
+            cols = st.columns(len(sweep.maps))
+            for col, (name, cam) in zip(cols, sweep.maps.items()):
+                shape = next(l.shape for l in model.layers if l.name == name)
+                star = "★ " if name == sweep.best else ""
+                col.image(render.overlay(base, cam, opacity, cmap), caption=f"{star}{name} ({shape[1]}x{shape[2]})",
+                          width="stretch")
+        if sweep is not None and sweep.advice:
+            best = next(a for a in sweep.advice if a.layer == sweep.best)
+            st.markdown(
+                f"**Best here: `{sweep.best}`**: its most salient pixels carry the decision best (insertion area "
+                f"{best.insertion_auc:.2f} against {sweep.random.insertion_auc:.2f} for a random order) and take it "
+                f"away (deletion area {best.deletion_auc:.2f} against {sweep.random.deletion_auc:.2f}); the score is "
+                "insertion minus deletion. It holds for this image and class: try another. Click a layer's bars to "
+                "use it.")
+            st.plotly_chart(RS.advisor_figure(sweep.advice, sweep.random, sweep.best), key="sal_advice",
+                            on_select="rerun", selection_mode="points", config={"displaylogo": False})
+            st.button(f"Use {sweep.best} for Grad-CAM", key="sal_use_best", disabled=ss.get("sal_layer") == sweep.best,
+                      on_click=lambda b=sweep.best: ss.update(sal_layer=b, sal_method=ss["sal_method"]
+                                                              if M[ss["sal_method"]].takes_layer else "gradcam"))
 
 if tab_trust.open:
     with tab_trust:

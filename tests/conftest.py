@@ -52,6 +52,14 @@ def bundled():
 
 
 @pytest.fixture(scope="session")
+def cat(samples):
+    """The cat sample, decoded once (treat as read-only)."""
+    from cnnviz.images import load_image
+
+    return load_image(samples["cat"])
+
+
+@pytest.fixture(scope="session")
 def samples():
     from cnnviz.samples import sample_paths
 

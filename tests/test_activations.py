@@ -7,12 +7,6 @@ from PIL import Image, ImageOps
 
 from cnnviz import activations as A
 from cnnviz.cli import main
-from cnnviz.images import load_image
-
-
-@pytest.fixture(scope="module")
-def cat(samples):
-    return load_image(samples["cat"])
 
 
 def independent(model, image, names):
@@ -169,7 +163,7 @@ def test_layers_spec_gives_the_layer_list(bundled):
     assert set(d) == {"model", "input_size", "layers", "seconds"} and d["input_size"] == [224, 224]
     assert [l["name"] for l in d["layers"]] == [l.name for l in bundled.layers]
     assert d["layers"][0] == {"name": "_conv_stem", "type": "Conv2dDynamicSamePadding", "shape": [32, 112, 112],
-                              "params": 864}
+                              "params": 864, "block": False}
 
 
 def test_blocks_group_layers_in_execution_order(bundled):

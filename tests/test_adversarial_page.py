@@ -37,7 +37,12 @@ def test_url_opens_a_targeted_fgsm_view_with_control_png_and_gradcam():
     assert titles == ["Top-5 before", "Top-5 after FGSM", "Top-5 after random noise"]
     assert any("Saved as an 8-bit PNG, reloaded and classified again" in m.value
                for m in [*at.success, *at.warning])
-    assert at.get("download_button") and len([c for c in caps if c.startswith(("original,", "adversarial,"))]) >= 2
+    assert at.get("download_button")
+    assert not [c for c in caps if c.startswith(("original,", "adversarial,"))]  # that tab is closed: no Grad-CAM
+    at = open_page(attack="fgsm", eps="6", target="409", seed="3", adv_view="Where the decision moved")
+    caps = captions(at)
+    assert not at.exception and caps.count("original, Egyptian cat") == 1
+    assert any(c.startswith("adversarial, still explaining Egyptian cat") for c in caps)
 
 
 def test_pgd_untargeted_flips_and_suggestions_set_the_target():
@@ -74,3 +79,67 @@ def test_bad_url_values_fall_back_to_defaults(params):
     at = open_page(**params)
     assert at.radio(key="adv_method").value == "pgd" and at.slider(key="adv_eps").value == 2
     assert not at.toggle(key="adv_targeted").value and not at.error
+
+
+# ---------------------------------------------------------------- where the attack takes over
+
+DIV_TAB = "Where the attack takes over"
+
+
+def depth_chart(at) -> dict:
+    return next(s for s in specs(at) if "relative change" in json.dumps(s["layout"].get("annotations", [])))
+
+
+def test_depth_view_opens_from_the_url_with_the_fastest_layer_marked_and_its_mosaics():
+    at = open_page(attack="fgsm", adv_view=DIV_TAB)
+    assert not at.exception and not at.error
+    chart = depth_chart(at)
+    names = chart["data"][0]["customdata"]
+    assert names[0] == "_conv_stem" and names[-1] == "_fc"
+    assert [t["name"] for t in chart["data"][:1]] == ["FGSM"] and chart["data"][1]["customdata"] == names
+    star = next(t for t in chart["data"] if t["name"] == "fastest rise")
+    fastest = star["customdata"][0]
+    assert any(a.get("text") == f"fastest rise: {fastest}" for a in chart["layout"]["annotations"])
+    assert at.selectbox(key="adv_layer").value == fastest and qp(at, "layer") == fastest  # opens where it rises
+    caps = captions(at)
+    assert any(c.startswith(f"{fastest} on the original") for c in caps)
+    assert "on the adversarial image, same tile order" in caps
+    assert any("the attack moved the activation by" in m.value for m in at.markdown)
+
+
+def test_a_click_on_a_layer_opens_its_mosaics_and_a_vector_layer_says_it_has_none():
+    at = open_page(attack="fgsm", adv_view=DIV_TAB)
+    at.session_state["adv_div_chart"] = {"selection": {"points": [{"customdata": "_blocks.6._bn1"}]}}
+    at.run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="adv_layer").value == "_blocks.6._bn1" and qp(at, "layer") == "_blocks.6._bn1"
+    assert any(c.startswith("_blocks.6._bn1 on the original: 480 maps") for c in captions(at))
+    assert any("channels that changed most" in m.value for m in at.markdown)
+    at.session_state["adv_div_chart"] = {"selection": {"points": [{"customdata": "_fc"}]}}
+    at.run()
+    assert not at.exception and at.selectbox(key="adv_layer").value == "_fc"
+    assert any("_fc gives 1000 numbers, not maps" in i.value for i in at.info)
+    assert not any(c.startswith("_fc on the original") for c in captions(at))
+
+
+def test_a_layer_link_opens_that_layer_and_a_bogus_one_gets_a_message():
+    at = open_page(attack="fgsm", adv_view=DIV_TAB, layer="_blocks.3._expand_conv")
+    assert at.selectbox(key="adv_layer").value == "_blocks.3._expand_conv" and not at.warning
+    at = open_page(attack="fgsm", adv_view=DIV_TAB, layer="_blocks.3.expand_conv")
+    assert not at.exception and not at.error
+    warning = " ".join(w.value for w in at.warning)
+    assert "No layer '_blocks.3.expand_conv'" in warning and "_blocks.3._expand_conv" in warning  # the closest
+    assert at.selectbox(key="adv_layer").value == qp(at, "layer") != "_blocks.3.expand_conv"
+
+
+def test_the_depth_view_computes_only_while_open(monkeypatch):
+    from cnnviz import divergence as D
+    from cnnviz.app import cache
+
+    asked = []
+    real = cache.run
+    monkeypatch.setattr(cache, "run", lambda spec, *a, **k: asked.append(type(spec)) or real(spec, *a, **k))
+    at = open_page(attack="fgsm", layer="_blocks.6._bn1")
+    assert D.DivergenceSpec not in asked and not any(
+        "relative change" in json.dumps(s["layout"].get("annotations", [])) for s in specs(at))
+    assert not at.warning

@@ -106,3 +106,20 @@ def test_switch_saliency_method_shows_a_new_overlay(browser, server):
     expect(overlays.and_(page.locator(f'img[src="{before}"]'))).to_have_count(0, timeout=30_000)  # old one gone
     expect(overlays).not_to_have_count(0)
     expect(page.get_by_test_id("stException")).to_have_count(0)
+
+
+def test_layer_advisor_in_the_browser(browser, server):
+    """A bookmark opens the sweep with the advisor on; its best layer becomes the target layer in one click."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    # the first stage's layer, sharp but literal: on this image the advisor prefers a later one
+    page.goto(f"{server.url}/saliency?sample=coffee&method=gradcam&layer=_blocks.1._swish&view=Layer+sweep&advise=1")
+    best = page.get_by_text(re.compile(r"^Best here: ")).first
+    expect(best).to_be_visible(timeout=300_000)  # a heavy job, in a worker at nice 19
+    layer = best.locator("code").first.inner_text()
+    assert layer != "_blocks.1._swish"
+    expect(page.locator(".st-key-sal_advice .js-plotly-plot")).to_have_count(1)
+    expect(page.get_by_text(f"★ {layer} (")).to_be_visible()  # the starred overlay
+    page.get_by_role("button", name=f"Use {layer} for Grad-CAM").click()
+    expect(page.locator(".st-key-sal_layer").get_by_role("combobox")).to_have_value(layer, timeout=60_000)
+    expect(page.get_by_role("button", name=f"Use {layer} for Grad-CAM")).to_be_disabled()
+    expect(page.get_by_test_id("stException")).to_have_count(0)

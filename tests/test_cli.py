@@ -51,7 +51,8 @@ def test_layers_json_bundled(capsys, bundled):
     names = [l["name"] for l in out["layers"]]
     assert names == [l.name for l in bundled.layers]
     first = out["layers"][0]
-    assert first == {"name": "_conv_stem", "type": "Conv2dDynamicSamePadding", "shape": [32, 112, 112], "params": 864}
+    assert first == {"name": "_conv_stem", "type": "Conv2dDynamicSamePadding", "shape": [32, 112, 112], "params": 864,
+                     "block": False}
     assert "_swish#1" in names
 
 
@@ -59,9 +60,14 @@ def test_layers_json_random_torchvision(capsys):
     out = run_json(capsys, "layers", "--model", "torchvision:resnet18@random")
     layers = {l["name"]: l for l in out["layers"]}
     assert out["layers"][0]["name"] == "conv1" and layers["conv1"]["shape"] == [64, 112, 112]
-    assert layers["fc"] == {"name": "fc", "type": "Linear", "shape": [1000], "params": 513000}
+    assert layers["fc"] == {"name": "fc", "type": "Linear", "shape": [1000], "params": 513000, "block": False}
     assert layers["maxpool"]["shape"] == [64, 56, 56]
-    assert "layer1" not in layers and "layer1.0" not in layers  # containers are not layers
+    # blocks are layers too, marked, each after its own layers: a residual block and a stage
+    assert layers["layer1.0"]["block"] and layers["layer1.0"]["type"] == "BasicBlock"
+    assert layers["layer4"]["block"] and layers["layer4"]["shape"] == [512, 7, 7]
+    names = list(layers)
+    assert names.index("layer1.0.bn2") < names.index("layer1.0") < names.index("layer1.1.conv1")
+    assert "layer1.0.downsample" not in layers  # a convolution with its norm is one layer's parts
 
 
 @pytest.mark.parametrize("argv, words", [

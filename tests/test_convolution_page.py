@@ -4,11 +4,9 @@ stride; the softmax with a temperature; lecture mode."""
 import json
 
 import numpy as np
-import pytest
 
 from cnnviz import arithmetic
 from cnnviz import unit as U
-from cnnviz.images import load_image
 from cnnviz.predict import logits
 
 from .apptest import open_page, qp
@@ -75,11 +73,6 @@ def test_the_link_is_clamped_to_the_widgets_range():
     assert at.number_input(key="cv_stride").value == 2  # below it: the default
     notes = " ".join(i.value for i in at.info)
     assert "kernel" in notes and "stride" in notes and "toy" in notes
-
-
-@pytest.fixture(scope="module")
-def cat(samples):
-    return load_image(samples["cat"])
 
 
 def test_one_unit_shows_the_worked_sum_and_the_recorded_value(bundled, cat):

@@ -16,11 +16,6 @@ from cnnviz.predict import classify, predict, probabilities
 
 
 @pytest.fixture(scope="module")
-def cat(samples):
-    return load_image(samples["cat"])
-
-
-@pytest.fixture(scope="module")
 def x():
     return torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
 

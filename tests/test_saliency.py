@@ -14,14 +14,8 @@ from cnnviz import jobs, models
 from cnnviz import saliency as S
 from cnnviz.cli import build_parser, main
 from cnnviz.contract import Cancelled, Progress
-from cnnviz.images import load_image
 from cnnviz.model import Model
 from cnnviz.predict import probabilities
-
-
-@pytest.fixture(scope="module")
-def cat(samples):
-    return load_image(samples["cat"])
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +100,49 @@ def test_captum_methods_report_progress_per_batch(resnet, cat, method):
     assert len(seen) >= 4 and seen == sorted(seen) and seen[-1] == 1.0 and seen[0] < 0.5
 
 
-def test_guided_methods_refused_where_they_would_lie(bundled, cat):
-    with pytest.raises(S.SaliencyError, match="ReLU6"):
-        S.attribute(bundled, cat, "guided_backprop")
+def test_guided_methods_refused_where_they_would_lie(cat):
     densenet = models.load("torchvision:densenet121@random")
     with pytest.raises(S.SaliencyError, match="F.relu outside nn.ReLU"):
         S.attribute(densenet, cat, "guided_gradcam")
+    effnet = models.load("torchvision:efficientnet_b0@random")  # SiLU: smooth, no rule
+    with pytest.raises(S.SaliencyError, match="SiLU"):
+        S.attribute(effnet, cat, "guided_backprop")
     assert all(not m._forward_hooks for m in densenet.net.modules())
+
+
+@pytest.mark.parametrize("method", ["guided_backprop", "guided_gradcam"])
+def test_guided_methods_work_on_the_relu6_model(bundled, cat, method):
+    a = S.attribute(bundled, cat, method)
+    plain = S.attribute(bundled, cat, "gradients")
+    assert a.map.shape == (224, 224) and np.isfinite(a.map).all() and not a.empty
+    assert not np.allclose(a.map, plain.map)  # the rule changed the backward pass
+    assert all(not m._forward_hooks and not m._backward_hooks and not m._forward_pre_hooks
+               for m in bundled.net.modules())
+
+
+def test_guided_rule_for_relu6_equals_a_hand_written_guided_backward():
+    """Three layers, float64: the guided gradient is relu(grad_out) * [0 < z < 6] at each clamp."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU6(), nn.Linear(16, 12), nn.ReLU6(), nn.Linear(12, 3)).double()
+    with torch.no_grad():  # large enough that the clamp's top (6) is reached, not only its bottom
+        for lin in (net[0], net[2]):
+            lin.weight.mul_(8)
+    x = torch.randn(5, 8, dtype=torch.float64)
+    w1, b1, w2, b2, w3 = net[0].weight, net[0].bias, net[2].weight, net[2].bias, net[4].weight
+    with torch.no_grad():
+        z1 = x @ w1.T + b1
+        z2 = z1.clamp(0, 6) @ w2.T + b2
+        g = w3[1].expand(5, -1)  # d logit_1 / d a2
+        g = g.clamp(min=0) * ((z2 > 0) & (z2 < 6))
+        g = (g @ w2).clamp(min=0) * ((z1 > 0) & (z1 < 6))
+        expected = g @ w1
+    for z in (z1, z2):  # every regime of the clamp occurs
+        assert (z < 0).any() and ((z > 0) & (z < 6)).any() and (z > 6).any()
+    got = S._guided_class()(net).attribute(x.clone().requires_grad_(True), target=1)
+    assert torch.allclose(got, expected, atol=1e-12, rtol=1e-10)
+    x_ = x.clone().requires_grad_(True)
+    (plain,) = torch.autograd.grad(net(x_)[:, 1].sum(), x_)
+    assert not torch.allclose(plain, expected)  # the guided rule is not the plain gradient here
 
 
 def test_bad_arguments(bundled, cat):
@@ -160,7 +190,6 @@ def test_cli_json(capsys, samples, bundled, cat, tmp_path):
     (["--method", "gradcam", "--layer", "_fc"], "Closest"),
     (["--method", "gradients", "--layer", "_conv_head"], "--layer applies"),
     (["--method", "gradcam", "--target", "tabbby"], "Did you mean: tabby"),
-    (["--method", "guided_backprop"], "ReLU6"),
     (["--method", "lrp"], "invalid choice"),
 ])
 def test_cli_bad_input(capsys, samples, argv, words):

@@ -10,7 +10,6 @@ from torch import nn
 
 from cnnviz import attention as A
 from cnnviz import cli, jobs, models, saliency, tokens
-from cnnviz.images import load_image
 
 from .apptest import open_page
 
@@ -23,11 +22,6 @@ def vit():
 @pytest.fixture(scope="module")
 def swin():
     return models.load("torchvision:swin_t@random")
-
-
-@pytest.fixture(scope="module")
-def cat(samples):
-    return load_image(samples["cat"])
 
 
 def no_hooks(model) -> bool:

@@ -6,6 +6,7 @@ import torch
 
 from cnnviz import jobs
 from cnnviz import saliency as S
+from cnnviz import faithfulness as F
 from cnnviz import trust as T
 from cnnviz.cli import main
 from cnnviz.contract import Cancelled, CnnvizError, Progress
@@ -39,13 +40,13 @@ def test_deletion_curve(bundled, samples):
     img = load_image(samples["coffee"])
     target = 967
     cam = S.attribute(bundled, img, "gradcam", target).map
-    curve = T.deletion_curve(bundled, img, cam, target, steps=10)
+    curve = F.deletion_curve(bundled, img, cam, target, steps=10)
     assert len(curve) == 11
     assert curve[0] == pytest.approx(probabilities(bundled, img)[target], abs=1e-5)
     assert curve[-1] < curve[0]
-    r1, r2 = (T.deletion_curve(bundled, img, None, target, steps=10, seed=3) for _ in range(2))
+    r1, r2 = (F.deletion_curve(bundled, img, None, target, steps=10, seed=3) for _ in range(2))
     assert np.array_equal(r1, r2)
-    assert 0 <= T.area(curve) <= 1 and T.area(np.ones(5)) == pytest.approx(1.0)
+    assert 0 <= F.area(curve) <= 1 and F.area(np.ones(5)) == pytest.approx(1.0)
 
 
 def _weights(model):
@@ -63,8 +64,9 @@ def test_trust_report_through_the_runner(bundled, samples):
     assert all(len(v) == 3 and v[0] == 1.0 for v in r.correlation.values())
     assert list(r.deletion) == list(r.areas) == ["gradcam", "gradients", "random"]
     cam = S.attribute(bundled, img, "gradcam", 285).map
-    assert np.array_equal(r.deletion["gradcam"], T.deletion_curve(bundled, img, cam, 285))
-    assert r.areas["gradcam"] == T.area(np.array(r.deletion["gradcam"]))
+    # the same curve made on its own (other batches: equal to float rounding)
+    assert np.allclose(r.deletion["gradcam"], F.deletion_curve(bundled, img, cam, 285), atol=1e-6, rtol=0)
+    assert r.areas["gradcam"] == F.area(np.array(r.deletion["gradcam"]))
     assert r.prob == pytest.approx(probabilities(bundled, img)[285], abs=1e-6) and r.label == "Egyptian cat"
     d = r.to_dict()
     assert set(d) == {"model", "target", "methods", "steps", "blocks", "correlation", "deletion", "areas", "seconds"}

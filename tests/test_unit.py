@@ -11,18 +11,12 @@ from cnnviz import activations as A
 from cnnviz import arithmetic, hooks, models
 from cnnviz import unit as U
 from cnnviz.contract import CnnvizError
-from cnnviz.images import load_image
 from cnnviz.model import Model, finish
 
 from .test_cli import cli
 from cnnviz.cli import main
 
 CONV_KINDS = ("convolution", "depthwise", "grouped")
-
-
-@pytest.fixture(scope="module")
-def cat(samples):
-    return load_image(samples["cat"])
 
 
 def _convs(model):

@@ -11,7 +11,6 @@ import pytest
 
 from cnnviz import adversarial, featurevis, jobs, saliency, workers
 from cnnviz.contract import Cancelled, CnnvizError, NotFound, Progress
-from cnnviz.images import load_image
 
 from .conftest import ROOT
 
@@ -31,11 +30,6 @@ def served(monkeypatch_module):
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as mp:
         yield mp
-
-
-@pytest.fixture(scope="module")
-def cat(samples):
-    return load_image(samples["cat"])
 
 
 def worker_of(runner) -> workers.Worker:
