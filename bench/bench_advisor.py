@@ -62,7 +62,7 @@ def main() -> None:
             "floor": lambda: (bare_fwd_bwd(), bare_forward(n_curves)),
             "curves": lambda: F.curves(model, image, maps, 1),
             "curves floor": lambda: bare_forward(n_compare),
-        }, args.repeats, warmup=1)
+        }, args.repeats, warmup=0)
         med = {k: median(v) for k, v in times.items()}
         rows.append({"model": mid, "stages": len(spec.layers), "curve images": n_curves,
                      "advisor s": med["advisor"], "floor s": med["floor"],
