@@ -52,20 +52,27 @@ def curves(model: Model, image: Image.Image | torch.Tensor, maps: dict[str, np.n
     h, w = x.shape[-2:]
     flat_x = x.reshape(3, -1)
     jobs = [(name, kind) for name in maps for kind in kinds]
-    images = [x, fill.view(3, h, w)]  # 0%: the image itself; 100%: all blurred
-    for name, kind in jobs:
-        order = order_of(maps[name], h * w, seed)
+    ranks = {}  # pixel -> its place in the map's order: the top `c` pixels are those ranked below c
+    for name in maps:
+        r = np.empty(h * w, np.int64)
+        r[order_of(maps[name], h * w, seed)] = np.arange(h * w)
+        ranks[name] = torch.from_numpy(r)
+
+    def image(i: int) -> torch.Tensor:
+        """The i-th image: 0 the image itself, 1 all blurred, then each curve's inside cuts."""
+        if i < 2:
+            return (x, fill.view(3, h, w))[i]
+        (name, kind), k = jobs[(i - 2) // (steps - 1)], (i - 2) % (steps - 1) + 1
         start, put = (flat_x, fill) if kind == "deletion" else (fill, flat_x)
-        for k in range(1, steps):
-            idx = torch.from_numpy(order[: round(k * h * w / steps)])
-            img = start.clone()
-            img[:, idx] = put[:, idx]
-            images.append(img.view(3, h, w))
-    probs = np.empty(len(images))
-    for i in range(0, len(images), BATCH):
-        progress(i / len(images), f"{i} of {len(images)} images")
-        probs[i: i + BATCH] = classify(model, torch.stack(images[i: i + BATCH]))[:, target]
-    progress(1.0, f"{len(images)} of {len(images)} images")
+        return torch.where(ranks[name] < round(k * h * w / steps), put, start).view(3, h, w)
+
+    # Made a batch at a time: memory stays that of one batch however many curves a job asks for.
+    n = passes(len(maps), steps, kinds)
+    probs = np.empty(n)
+    for i in range(0, n, BATCH):
+        progress(i / n, f"{i} of {n} images")
+        probs[i: i + BATCH] = classify(model, torch.stack([image(j) for j in range(i, min(i + BATCH, n))]))[:, target]
+    progress(1.0, f"{n} of {n} images")
     whole, blurred, inside = probs[0], probs[1], probs[2:].reshape(len(jobs), steps - 1)
     out: dict[str, dict[str, np.ndarray]] = {name: {} for name in maps}
     for (name, kind), row in zip(jobs, inside):
