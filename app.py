@@ -20,5 +20,6 @@ try:
     page.run()
 except Exception as e:  # a bug must not show a traceback to a lecture hall
     logging.getLogger("cnnviz").exception("page failed")
-    st.error(f"Something went wrong on this page ({type(e).__name__}: {e}). "
+    # The exception's own text stays in the log: it may name the server's files.
+    st.error(f"Something went wrong on this page ({type(e).__name__}). "
              "Try another image or model; the details are in the server log.")

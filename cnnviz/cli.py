@@ -365,7 +365,8 @@ def cmd_download(args) -> dict:
     if not args.model.startswith("torchvision:") or args.model.endswith("@random"):
         raise UsageError("download takes a pretrained torchvision model id, e.g. torchvision:resnet18")
     model = models.load(args.model, progress=_stderr_progress)
-    return {"model": model.id, "available": models.is_available(model.id)}
+    path = models.weights_file(models._weights(model.id.removeprefix("torchvision:")))
+    return {"model": model.id, "available": models.is_available(model.id), "path": str(path)}
 
 
 def _stderr_report(fraction: float, text: str, _preview) -> None:

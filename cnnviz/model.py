@@ -150,10 +150,13 @@ class Model:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the weights, not just the id: cache keys use it, so a model rebuilt
-        with other weights under the same id never gets results computed on the old ones."""
+        """Identifies the weights and the class names, not just the id: cache keys use it, so
+        a model rebuilt with other weights under the same id never gets results computed on
+        the old ones, and the same checkpoint with another labels file never gets the old
+        names in its top-5."""
         def make():
             h = hashlib.blake2b(self.id.encode(), digest_size=10)
+            h.update("\0".join(self.categories).encode())
             for name, t in self.net.state_dict().items():
                 h.update(name.encode())
                 h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())

@@ -249,10 +249,12 @@ def download_weights(weights, progress: Progress | None = None, timeout: float =
     except downloads.Unreachable as e:
         kept = _kept(job)
         raise ModelUnavailable(
-            f"The weights {name} are not in the local cache ({dst.parent}) and could not be "
-            f"downloaded ({e}).{kept} Connect to the internet once and pick the model again "
-            f"(or run `python -m cnnviz download <model>`), or copy {name} into {dst.parent}. "
-            f"The bundled model {BUNDLED_ID} works offline."
+            # No server path in the text: it reaches every browser of a lecture hall. The
+            # lecturer gets it from `python -m cnnviz download`, which prints where the file goes.
+            f"The weights {name} are not in the local cache and could not be "
+            f"downloaded ({e}).{kept} Connect to the internet once and pick the model again, "
+            f"or run `python -m cnnviz download <model>` on the server (it prints the cache folder "
+            f"to copy {name} into). The bundled model {BUNDLED_ID} works offline."
         ) from None
     except downloads.Corrupt:
         raise ModelError(f"The download of {name} is corrupt (hash mismatch); nothing was kept: try again.") from None

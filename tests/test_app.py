@@ -104,6 +104,7 @@ def test_offline_model_choice_explains_and_falls_back(app):
     assert not app.exception
     errors = [e.value for e in app.sidebar.error]
     assert len(errors) == 1 and "resnet18-f37072fd.pth" in errors[0] and "not in the local cache" in errors[0]
+    assert torch.hub.get_dir() not in errors[0]  # a lecture hall's browsers never see the server's paths
     assert said(app)[0]  # still predicts, with the bundled model
     assert app.sidebar.metric[0].label == "EfficientNet-Lite0 says"
     assert {m.label: m.value for m in app.main.metric}["Parameters"] == "4.7 M"
@@ -258,3 +259,18 @@ def test_a_camera_photo_goes_through_the_upload_intake(samples):
     app.session_state["shot"], app.session_state["shot_id"] = samples["cat"].read_bytes(), "b"
     app.run()
     assert app.markdown[0].value == "image: camera photo.jpg"
+
+
+def test_a_failing_page_shows_no_server_path(app, monkeypatch):
+    """The catch-all names the kind of failure only: an exception's text may name the server's files."""
+    import cnnviz.app.sidebar as sidebar
+
+    def broken():
+        raise FileNotFoundError("/srv/cnnviz/secret/weights.pt: no such file")
+
+    monkeypatch.setattr(sidebar, "sidebar", broken)
+    app.run()
+    assert not app.exception
+    shown = [e.value for e in app.error]
+    assert len(shown) == 1 and "Something went wrong" in shown[0] and "FileNotFoundError" in shown[0]
+    assert "/srv/cnnviz" not in shown[0]

@@ -1,5 +1,6 @@
 """The one cache: keyed on the weights (the model's fingerprint), the image and the spec;
 bounded in bytes; one computation for every session asking at once."""
+import io
 import threading
 import time
 from dataclasses import dataclass
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from cnnviz import models
@@ -126,3 +128,33 @@ def test_sessions_asking_at_once_compute_once_and_a_stopped_job_keeps_nothing(sm
     with pytest.raises(Cancelled):
         cache.run(SizedSpec(8, fail=True), model)
     assert len(cache.RESULTS) == 1 and not cache._RUNNING
+
+
+def test_the_same_checkpoint_with_other_labels_gets_its_own_names(cat):
+    """The labels are part of the model's identity: the same weights uploaded with another
+    labels file must not get the first upload's class names back from the cache."""
+    image, sha = cat
+    net = torchvision.models.resnet18(num_classes=3)
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    a = models.load_checkpoint("resnet18", buf.getvalue(), "ft.pth", ["cat", "dog", "fox"])
+    b = models.load_checkpoint("resnet18", buf.getvalue(), "ft.pth", ["chat", "chien", "renard"])
+    assert a.fingerprint != b.fingerprint
+    assert models.load_checkpoint("resnet18", buf.getvalue(), "ft.pth", ["cat", "dog", "fox"]).fingerprint == a.fingerprint
+    top_a = cache.run(PredictSpec(3), a, image, sha).top
+    top_b = cache.run(PredictSpec(3), b, image, sha).top
+    assert {t.label for t in top_a} == {"cat", "dog", "fox"}
+    assert {t.label for t in top_b} == {"chat", "chien", "renard"}
+    assert [t.index for t in top_a] == [t.index for t in top_b]  # same weights, same numbers
+
+
+def test_two_sessions_keeping_the_same_upload_share_one_copy():
+    first = models.load("torchvision:resnet18@random")
+    second = models.load("torchvision:resnet18@random")
+    key = cache.own_key("resnet18", b"same bytes", None)
+    try:
+        assert cache.keep_own(key, first) is first
+        assert cache.keep_own(key, second) is first  # the later session gets the kept one
+        assert cache.own_model(key) is first
+    finally:
+        cache.OWN_MODELS.clear()

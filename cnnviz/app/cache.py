@@ -146,11 +146,7 @@ def own_key(arch: str, data: bytes, labels: bytes | None = None) -> str:
 def keep_own(key: str, model: models.Model) -> models.Model:
     """Keep an uploaded checkpoint's model under `key` for every session that loads the
     same file; returns the process's copy (an earlier session's, if there is one)."""
-    have = OWN_MODELS.get(key)
-    if have is not None:
-        return have
-    OWN_MODELS.put(key, model)
-    return model
+    return OWN_MODELS.get_or_make(key, lambda: model)  # one check-and-put: two sessions keep one copy
 
 
 def own_model(key: str) -> models.Model | None:
