@@ -132,6 +132,8 @@ def in_background(job, progress: Progress, threads: int, nice: int):
     worker.join()
     if "error" in out:
         raise out["error"]
+    if latest:  # a last report made after the loop's final look (the 100% draw)
+        progress(*latest.pop())
     return out["result"]
 
 

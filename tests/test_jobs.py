@@ -243,3 +243,18 @@ def test_another_session_is_served_while_a_long_score_cam_runs():
         a.join(120)
     assert isinstance(out.get("error"), Cancelled)
     assert not model.net._forward_hooks and all(not m._forward_hooks for m in model.net.modules())
+
+
+def test_a_heavy_jobs_last_report_reaches_the_caller():
+    """A job that reports and ends at once (its 100% draw) must still be drawn: the waiting
+    thread may have had its last look before the report came."""
+    for _ in range(20):  # the race needs the report to land after the loop's last look
+        seen = []
+        progress = Progress(lambda f, text, _: seen.append((threading.get_native_id(), f, text)))
+
+        def job(p):
+            p(1.0, "done")
+            return "result"
+
+        assert jobs.in_background(job, progress, threads=1, nice=0) == "result"
+        assert seen and seen[-1][1:] == (1.0, "done") and seen[-1][0] == threading.get_native_id()
