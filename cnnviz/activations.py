@@ -6,6 +6,8 @@ One entry point, `run(model, image, spec)`:
   `_swish#1` for a shared module's second call), or every layer with a spatial output;
   with chosen layers the pass stops at the last of them. The `Activations` result holds
   the maps and derives from them, once each, the channel statistics and the mosaics.
+  A ViT's class token, which has no place on the patch grid, comes from the same pass
+  apart (`class_token`, and its cosine similarity to each patch token, `cls_similarity`).
 - `DepthSpec()`: the depth summary (per spatial layer: mean, fraction of zeros, shape)
   from one pass that reduces every output inside its hook and keeps none.
   The Activations page asks for the layer it shows (`ActivationsSpec((layer,))`: one map,
@@ -71,9 +73,26 @@ def compute(model: Model, image: Image.Image, layers: list[str] | None = None) -
     """One forward pass; {layer call name: float32 [C, H, W]} for spatial layers
     (all of them when `layers` is None). `image`: PIL or [1, 3, H, W] pixels in [0, 1].
     With `layers` the pass stops at the last of them (the rest of the network is not run)."""
+    return _recorded(model, image, layers)[0]
+
+
+def _recorded(model: Model, image, layers: list[str] | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """`compute`'s maps, and from the same pass the class token (float32 [C]) of each
+    layer whose output has one (a ViT's tokens; none for a CNN or Swin)."""
     wanted = spatial_layers(model) if layers is None else [check_layer(model, l) for l in layers]
-    _, outs = record(model, model.preprocess(image), wanted, stop=layers is not None)
-    return {n: outs[n][0].numpy() for n in wanted}
+    cls: dict = {}
+    _, outs = record(model, model.preprocess(image), wanted, stop=layers is not None, cls_tokens=cls)
+    return {n: outs[n][0].numpy() for n in wanted}, {n: cls[n][0].numpy() for n in wanted if n in cls}
+
+
+def cosine_map(acts: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """Cosine similarity of `vector` [C] with the channel vector at each position of
+    `acts` [C, H, W] (a patch token, for a ViT): float32 [H, W], 0 where either is zero."""
+    flat = acts.reshape(acts.shape[0], -1).astype(np.float64)
+    v = vector.astype(np.float64)
+    norms = np.linalg.norm(v) * np.linalg.norm(flat, axis=0)
+    sim = np.divide(v @ flat, norms, out=np.zeros(flat.shape[1]), where=norms > 0)
+    return sim.reshape(acts.shape[1:]).astype(np.float32)
 
 
 def _reduce(out: torch.Tensor) -> tuple:
@@ -257,6 +276,9 @@ class Activations(Result):
     the page and the CLI read from them. Read-only: sessions share it."""
 
     maps: dict[str, np.ndarray] = field(repr=False)
+    # A ViT's class token per recorded layer whose output has one, float32 [C] (not on the
+    # patch grid, so not in `maps`); empty for a CNN or Swin.
+    cls_tokens: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     # Stats and channel means of the recorded layers (small); the last two mosaics (the
     # view shown and the one before it, up to 1.2 MB each).
     memo: Memo = field(default_factory=lambda: Memo(1024), repr=False, compare=False)
@@ -269,7 +291,18 @@ class Activations(Result):
 
     @property
     def nbytes(self) -> int:
-        return nbytes(self.maps)
+        return nbytes(self.maps) + nbytes(self.cls_tokens)
+
+    def class_token(self, layer: str) -> np.ndarray | None:
+        """The class token of `layer`, float32 [C], or None where its output has none."""
+        return self.cls_tokens.get(layer)
+
+    def cls_similarity(self, layer: str) -> np.ndarray | None:
+        """Cosine similarity of the class token with each patch token of `layer`, [g, g]
+        on the patch grid (`cosine_map`); None where the output has no class token."""
+        if layer not in self.cls_tokens:
+            return None
+        return self.memo.get(("cls", layer), lambda: cosine_map(self.maps[layer], self.cls_tokens[layer]))
 
     def stats(self, layer: str) -> ChannelStats:
         return self.memo.get(("stats", layer), lambda: ChannelStats.of(self.maps[layer]))
@@ -292,12 +325,18 @@ class Activations(Result):
 
     def layer_dict(self, layer: str) -> dict:
         s = self.stats(layer)
-        return {"layer": layer, "shape": list(self.maps[layer].shape), "channels": s.rows(),
-                "top": [int(i) for i in s.order("mean")[:16]]}
+        out = {"layer": layer, "shape": list(self.maps[layer].shape), "channels": s.rows(),
+               "top": [int(i) for i in s.order("mean")[:16]]}
+        if layer in self.cls_tokens:
+            out["class_token"] = {"values": self.cls_tokens[layer].tolist(),
+                                  "similarity": self.cls_similarity(layer).tolist()}
+        return out
 
     def to_dict(self) -> dict:
-        """One layer: {"layer", "shape", "channels", "top"} (`python -m cnnviz activations`);
-        several: {"layers": [those]}; with "model" and "seconds"."""
+        """One layer: {"layer", "shape", "channels", "top"} (`python -m cnnviz activations`),
+        and for a layer whose output has a class token (a ViT's) "class_token": {"values":
+        [C], "similarity": [[g x g]] (cosine with each patch token)}; several layers:
+        {"layers": [those]}; with "model" and "seconds"."""
         if len(self.maps) == 1:
             body = self.layer_dict(self.layers[0])
         else:
@@ -354,6 +393,6 @@ def run(model: Model, image, spec: ActivationsSpec | DepthSpec | LayersSpec = Ac
     if isinstance(spec, DepthSpec):
         result = Depth(depth_rows(model, image))
     else:
-        result = Activations(compute(model, image, None if spec.layers is None else list(spec.layers)))
+        result = Activations(*_recorded(model, image, None if spec.layers is None else list(spec.layers)))
     progress(1.0, "one forward pass")
     return result

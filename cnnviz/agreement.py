@@ -7,6 +7,11 @@ randomization check compares maps; a method is compared with itself as 1), and e
 map's deletion and insertion curves next to a random order's, all in one batched set of
 passes (`cnnviz.faithfulness`). A method this model cannot take (a guided one on a
 GELU network) is left out with its reason, not an error for the rest.
+
+Two models side by side (the Saliency page's comparison, `saliency --compare ID`): `pair`
+says what a second model is asked so that it explains the same image and class as the
+first (and why anything differs), `side_by_side` sets its map beside the first's, with
+their rank correlation at a common resolution.
 """
 from __future__ import annotations
 
@@ -17,8 +22,8 @@ import numpy as np
 from . import bounds, faithfulness
 from .contract import CnnvizError, NotFound, Progress, Result, Spec
 from .model import Model
-from .predict import classify
-from .saliency import METHODS, SaliencySpec, attribute, check_class
+from .predict import Top, classify
+from .saliency import METHODS, Attribution, SaliencySpec, attribute, check_class, unguided, upsample
 from .trust import spearman
 
 DEFAULT_METHODS = ("gradcam", "gradcampp", "gradients", "ig")
@@ -149,3 +154,78 @@ def run(model: Model, image, spec: AgreementSpec, *, progress: Progress | None =
     return Agreement(target, label, methods, maps, rho,
                      {m: c["deletion"].tolist() for m, c in curves.items()},
                      {m: c["insertion"].tolist() for m, c in curves.items()}, areas, skipped, said)
+
+
+# ---------------------------------------------------------------- two models, one image
+
+@dataclass(frozen=True)
+class Pairing:
+    """What a second model is asked when it explains the same image as a first one."""
+
+    spec: SaliencySpec  # the second model's
+    notes: tuple[str, ...] = ()  # one sentence per way it differs from the first model's spec
+
+
+def pair(first: Model, second: Model, spec: SaliencySpec) -> Pairing:
+    """The second model's spec for the first's `spec`: the same method where it can take it
+    (a CAM method at its own default layer, since an explicit layer names one of the first
+    model's), else Grad-CAM; the same class and contrast where both models share their
+    categories, else its own top-1 (target None). Every change is said in one sentence."""
+    method, notes = spec.method, []
+    if METHODS[method].guided and (bad := unguided(second)):
+        notes.append(f"{second.label} cannot take {METHODS[method].label}: it applies {', '.join(bad)}, where the "
+                     "guided rule is not defined, so it shows Grad-CAM instead.")
+        method = "gradcam"
+    if METHODS[method].takes_layer and spec.layer not in (None, first.gradcam_layer):
+        notes.append(f"{second.label} is explained at its own default layer, `{second.gradcam_layer}`: the layer "
+                     f"chosen above is one of {first.label}'s.")
+    same = list(first.categories) == list(second.categories)
+    if not same:
+        notes.append(f"{second.label}'s {len(second.categories)} classes are not {first.label}'s, so it explains "
+                     "its own top class.")
+    return Pairing(replace(spec, method=method, layer=None, target=spec.target if same else None,
+                           contrast=spec.contrast if same else None), tuple(notes))
+
+
+def common_correlation(a: np.ndarray, b: np.ndarray) -> tuple[float, tuple[int, int]]:
+    """Spearman rank correlation of two maps at a common resolution (the smaller side of
+    each axis; a larger map is resampled to it, bilinear), and that resolution."""
+    size = (min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1]))
+    a, b = (m if m.shape == size else upsample(m, size) for m in (a, b))
+    return spearman(a, b), size
+
+
+@dataclass
+class ModelPair:
+    """A second model's map of the image beside the first's: its attribution, its top-1,
+    the two maps' rank correlation, and sentences for what differs and what rho means."""
+
+    second: str  # the second model's id
+    attribution: Attribution = field(repr=False)
+    top1: Top
+    rho: float
+    size: tuple[int, int]  # the resolution rho was computed at
+    notes: list[str]
+    sentence: str
+
+    def to_dict(self) -> dict:
+        a = self.attribution
+        return {"model": self.second, "method": a.method, "layer": a.layer,
+                "target": {"index": a.target, "label": a.label, "prob": a.prob}, "top1": self.top1.to_dict(),
+                "spearman": self.rho, "size": list(self.size), "notes": list(self.notes), "sentence": self.sentence,
+                "seconds": a.seconds}
+
+
+def side_by_side(first: Model, first_map: np.ndarray, second: Model, attribution: Attribution,
+                 pairing: Pairing, top1: Top) -> ModelPair:
+    """The second model's `attribution` (of `pairing.spec`) beside the first model's map."""
+    rho, size = common_correlation(first_map, attribution.map)
+    notes = list(pairing.notes)
+    if (first.resize_size, tuple(first.input_size)) != (second.resize_size, tuple(second.input_size)):
+        notes.append(f"The two models crop the picture differently ({first.label} from {first.resize_size} px, "
+                     f"{second.label} from {second.resize_size} px), so their maps cover slightly different parts.")
+    how = ("largely the same pixels drive both" if rho >= AGREE else "they partly agree" if rho >= APART
+           else "they rank the pixels differently: each model looks at other evidence")
+    sentence = (f"Rank correlation of the two maps (Spearman, at {size[0]}x{size[1]}): ρ = {rho:.2f}, {how} "
+                "(1: the same order of pixels, 0: unrelated).")
+    return ModelPair(second.id, attribution, top1, rho, size, notes, sentence)

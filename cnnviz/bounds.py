@@ -74,6 +74,12 @@ MAX_SAMPLES = 1024
 MAX_POINTS = 400
 MAX_THUMB = 256  # side of a sweep's thumbnails, pixels (the page shows 96)
 MAX_VALUES_TEXT = 4_000  # characters of a typed list of values: 400 values of 9 characters
+# Models on one CNN-limits chart, the selected one included (the page's comparison, `limits
+# --compare`): each adds a whole sweep (up to MAX_POINTS images; a ViT-B/16 forward is ~0.5 s on
+# a CPU core), the server keeps MODELS (3) loaded, so a fourth would push one out and reload it
+# on every rerun, and three lines (a CNN, ViT-B/16, ConvNeXt: the lecture's comparison) are
+# what one chart and one row of occlusion maps stay readable with.
+LIMITS_MODELS = 3
 # Adversarial attacks, in 1/255 units: the budget cannot exceed the pixel range; the page's
 # sliders stop at 32 levels, 100 steps and sweeps of 32 budgets.
 MAX_EPS = 255.0
@@ -86,6 +92,8 @@ MAX_GALLERY = 64  # channels in one gallery
 # Receptive fields: the traced input's sides, and noise inputs averaged (the page offers 4 to 64).
 RF_SIDES = (16, 2048)
 MAX_NOISE_INPUTS = 256
+# Layers of the depth chart's effective-field curve (receptive.DepthSpec): a backward pass each.
+MAX_DEPTH_POINTS = 16
 # Model randomization steps of the trust checks (the page uses 6): the cascade has at most one
 # step per block of the network anyway, and each step costs every method's map once more.
 MAX_TRUST_STEPS = 64

@@ -145,6 +145,7 @@ def cmd_saliency(args) -> dict:
         raise UsageError(f"--layer applies to Grad-CAM-style methods, not {args.method}")
     image = _image(args.image)
     model = _model(args)
+    second = models.load(args.compare, progress=_stderr_progress) if args.compare else None
     target = class_index(model, args.target) if args.target is not None else None
     contrast = class_index(model, args.contrast) if args.contrast is not None else None
     advice = {}
@@ -162,6 +163,16 @@ def cmd_saliency(args) -> dict:
         _save_png(__import__("numpy").asarray(overlay(model.input_image(image), att.map, 0.5, "jet")), args.out)
     if args.npy:
         _save_npy(att.map, args.npy)
+    if second is not None:  # the same image and class explained by a second model, as on the page
+        from dataclasses import replace
+
+        from .agreement import pair, side_by_side
+        from .predict import PredictSpec, top_k
+
+        pairing = pair(model, second, replace(spec, target=att.target))
+        top = top_k(second, jobs.run(second, image, PredictSpec()).probs, 1)[0]
+        advice["compare"] = side_by_side(model, att.map, second, jobs.run(second, image, pairing.spec), pairing,
+                                         top).to_dict()
     return att.to_dict() | advice
 
 
@@ -211,22 +222,56 @@ def cmd_trust(args) -> dict:
     return {**report.to_dict(), "image": args.image}
 
 
+def _compare_ids(args) -> list[str]:
+    """`limits --compare ID[,ID]`: ids `load` takes, other than --model's, at most
+    `bounds.LIMITS_MODELS` - 1 (the page's bound), checked before any model loads."""
+    if args.compare is None:
+        return []
+    own = None if args.weights else (args.model or models.BUNDLED_ID)
+    ids = list(dict.fromkeys(i.strip() for i in args.compare.split(",") if i.strip() and i.strip() != own))
+    if bad := [i for i in ids if not models.known(i)]:
+        raise UsageError(f"--compare: unknown model id {bad[0]!r}; use an id from `python -m cnnviz models` "
+                         "(e.g. torchvision:vit_b_16, or torchvision:vit_b_16@random untrained)")
+    if len(ids) > bounds.LIMITS_MODELS - 1:
+        raise UsageError(f"--compare takes at most {bounds.LIMITS_MODELS - 1} models ({bounds.LIMITS_MODELS} with "
+                         f"--model's on one chart); got {len(ids)}")
+    return ids
+
+
 def cmd_limits(args) -> dict:
+    from dataclasses import replace
+
     from . import limits as L
     from .predict import PredictSpec
 
     image = _image(args.image)
     values = L.parse_values(args.transform, args.values)
+    others = _compare_ids(args)
     model = _model(args)
-    probs = jobs.run(model, image, PredictSpec()).probs  # predict's numbers at the identity, as the page
-    res = _run(model, image, L.LimitsSpec(args.transform, values, args.seed, probs=probs))
+
+    def limits(m, spec):
+        probs = jobs.run(m, image, PredictSpec()).probs  # predict's numbers at the identity, as the page
+        return _run(m, image, replace(spec, probs=probs))
+
+    res = limits(model, L.LimitsSpec(args.transform, values, args.seed))
+    beside = []
+    for mid in others:  # each fitted to its own input, as the page does
+        m = models.load(mid, progress=_stderr_progress)
+        spec, said = L.spec_for(m, args.transform, values, args.seed)
+        if said:
+            print(f"cnnviz: note: {m.id}: {said}", file=sys.stderr)
+        beside.append(limits(m, spec))
     if args.out:
         from .render import thumb_strip
 
         _save_png(thumb_strip(res.sweep), args.out)
     out = res.to_dict()
-    if res.flip and not args.json:  # the JSON keys are the issue's contract; people get the sentence
-        out["sentence"] = res.flip.sentence()
+    if args.compare is not None:
+        out["compare"] = [r.to_dict() for r in beside]
+    if not args.json:  # the JSON keys are the issue's contract; people get the sentence
+        for d, r in zip([out, *out.get("compare", [])], [res, *beside]):
+            if r.flip:
+                d["sentence"] = r.flip.sentence()
     return out
 
 
@@ -402,6 +447,11 @@ def _print_human(cmd: str, out: dict) -> None:
         if "random" in out:
             print(f"  {'(random order)':<32} deletion area {out['random']['deletion_auc']:.3f}  "
                   f"insertion area {out['random']['insertion_auc']:.3f}")
+        if "compare" in out:
+            c = out["compare"]
+            print(f"{c['method']} of {c['model']} for {c['target']['label']} ({c['target']['index']}): {c['sentence']}")
+            for n in c["notes"]:
+                print(f"  {n}")
     elif cmd == "agree":
         print(f"Methods on {out['model']} for {out['target']['label']} ({out['target']['index']}):")
         for m, row in zip(out["methods"], out["matrix"]):
@@ -422,14 +472,15 @@ def _print_human(cmd: str, out: dict) -> None:
             kind = l["type"] + (" (block)" if l.get("block") else "")
             print(f"  {l['name']:<40} {kind:<26} {str(l['shape']):<18} {l['params']:>9}")
     elif cmd == "limits":
-        o = out["original"]
-        print(f"{out['transform']} on {out['model']}; originally {o['label']} ({o['prob']:.1%}):")
-        for p in out["points"]:
-            t = p["top1"]
-            print(f"  {str(p['value']):>12}  {t['label']:<28} {t['prob']:6.1%}   original {p['orig_prob']:6.1%}, "
-                  f"rank {p['orig_rank']}")
-        if "sentence" in out:
-            print(out["sentence"])
+        for one in [out, *out.get("compare", [])]:
+            o = one["original"]
+            print(f"{one['transform']} on {one['model']}; originally {o['label']} ({o['prob']:.1%}):")
+            for p in one["points"]:
+                t = p["top1"]
+                print(f"  {str(p['value']):>12}  {t['label']:<28} {t['prob']:6.1%}   original {p['orig_prob']:6.1%}, "
+                      f"rank {p['orig_rank']}")
+            if "sentence" in one:
+                print(one["sentence"])
     elif cmd == "featurevis":
         print(f"{out['layer'] or 'class'} channel {out['channel']} of {out['model']}, {out['steps']} steps at "
               f"{out['size']}x{out['size']}: {out['activation_start']:.4g} -> {out['activation_end']:.4g} "
@@ -540,6 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--advise", action="store_true",
                     help="the layer advisor: Grad-CAM at every stage scored by deletion and insertion areas "
                          "(adds advice, best, random); a CAM method without --layer uses the best layer")
+    sp.add_argument("--compare", metavar="ID", help="also explain the same image and class with this model "
+                    "(e.g. torchvision:vit_b_16@random): adds compare, with the two maps' rank correlation")
     from .agreement import DEFAULT_METHODS as AGREE_DEFAULT, comparable_methods
 
     sp = add("agree", cmd_agree, "Methods side by side: their rank correlations, deletion and insertion curves.")
@@ -576,6 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "occlude: the patch size; shuffle: grid sizes k")
     sp.add_argument("--seed", type=int, default=0, help="noise field and tile order (noise, shuffle)")
     sp.add_argument("--out", help="write the strip of transformed thumbnails as PNG")
+    sp.add_argument("--compare", metavar="ID[,ID]",
+                    help=f"the same sweep on up to {bounds.LIMITS_MODELS - 1} more models, e.g. "
+                         "torchvision:vit_b_16,torchvision:convnext_tiny (JSON: each model's under \"compare\")")
     from .featurevis import OBJECTIVES
 
     sp = add("featurevis", cmd_featurevis, "The image a channel answers to most (activation maximization).")

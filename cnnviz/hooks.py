@@ -136,6 +136,8 @@ class Recorder(contextlib.AbstractContextManager):
     transformer's token outputs are given as maps [B, C, h, w] (`cnnviz.tokens`), which a
     gradient can flow through to the input; `raw=True` keeps the network's own tensors
     (a gradient with respect to the output itself, attention's tokens).
+    `cls=True`: a ViT's class token, which the map drops, is kept apart in `cls_tokens`
+    ({call name: [B, C]}, a detached copy, C floats per image); nothing for other networks.
 
     `reduce` (with `detach=True`): a function of one output, called inside the hook for
     every recorded call; its values go to `reduced` (in execution order) and the output
@@ -147,7 +149,7 @@ class Recorder(contextlib.AbstractContextManager):
     """
 
     def __init__(self, model, layers=None, *, detach: bool = True, leaf: bool = False,
-                 reduce=None, stop: bool = False, raw: bool = False):
+                 reduce=None, stop: bool = False, raw: bool = False, cls: bool = False):
         """`model`: a `cnnviz.model.Model` or a bare `nn.Module`."""
         is_module = isinstance(model, nn.Module)
         self.net = model if is_module else model.net
@@ -170,6 +172,8 @@ class Recorder(contextlib.AbstractContextManager):
         # a gradient with respect to the output itself needs the tensor the network goes
         # on from (then `as_map` turns the output and its gradient).
         self._to_map = None if raw else tokens.mapper(self.net)
+        self._cls_of = tokens.class_token(self.net) if cls else None
+        self.cls_tokens: dict[str, torch.Tensor] = {}
         # Stop only when the wanted calls are known and every one of them is kept.
         self._stop_at = None
         if stop and layers is not None and self.reduce is None:
@@ -201,6 +205,7 @@ class Recorder(contextlib.AbstractContextManager):
         """Forget what was recorded (before another forward pass in the same block)."""
         self.outputs.clear()
         self.reduced.clear()
+        self.cls_tokens.clear()
         self._versions.clear()
         self._calls.clear()
 
@@ -214,16 +219,18 @@ class Recorder(contextlib.AbstractContextManager):
 
         calls, outputs, versions = self._calls, self.outputs, self._versions
         reduce, reduced, stop_at = self.reduce, self.reduced, self._stop_at
-        to_map = self._to_map
+        to_map, cls_of, cls_tokens = self._to_map, self._cls_of, self.cls_tokens
 
         def hook(module, inputs, output):  # runs ~130 times a pass: kept lean
             k = calls.get(name, 0)
             calls[name] = k + 1
             if not isinstance(output, torch.Tensor) or (wanted is not None and k not in wanted):
                 return
+            cn = f"{name}#{k}" if k else name
+            if cls_of is not None and (t := cls_of(name, module, output)) is not None:
+                cls_tokens[cn] = t.detach().clone()  # a copy: nothing later changes it
             if to_map is not None:
                 output = to_map(name, module, output)
-            cn = f"{name}#{k}" if k else name
             if reduce is not None:
                 reduced[cn] = reduce(output.detach() if output.requires_grad else output)
                 return
@@ -260,11 +267,13 @@ class Enough(BaseException):
     does not swallow it."""
 
 
-def record(model, x: torch.Tensor, layers=None, *, stop: bool = False
+def record(model, x: torch.Tensor, layers=None, *, stop: bool = False, cls_tokens: dict | None = None
            ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
     """One forward pass of `model.net` on `x`; returns (logits, {call name: output}).
-    `stop=True` (with `layers`): the pass ends at the last wanted call; logits are None."""
-    rec = Recorder(model, layers, stop=stop)
+    `stop=True` (with `layers`): the pass ends at the last wanted call; logits are None.
+    `cls_tokens`: a dict that receives the class token of every recorded output that has
+    one (a ViT's tokens, `Recorder(cls=True)`), from the same pass."""
+    rec = Recorder(model, layers, stop=stop, cls=cls_tokens is not None)
     with rec, torch.no_grad():
         logits = _forward(rec, x)
         changed = rec.mutated()
@@ -272,6 +281,8 @@ def record(model, x: torch.Tensor, layers=None, *, stop: bool = False
             model.mutated_layers.update(changed)
             rec.reset()
             logits = _forward(rec, x)
+    if cls_tokens is not None:
+        cls_tokens.update(rec.cls_tokens)
     return logits, rec.outputs
 
 

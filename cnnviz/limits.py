@@ -353,6 +353,41 @@ def fit_values(name: str, values: tuple[float, ...], size: tuple[int, int]) -> t
     return values, ""
 
 
+def spec_for(model: Model, name: str, values: tuple[float, ...], seed: int = 0,
+             probs: np.ndarray | None = None) -> tuple["LimitsSpec", str]:
+    """The sweep of `values` as the page and `limits --compare` run it on `model`: fitted to
+    its input (`fit_values`), and the sentence saying what was changed ("" when nothing was)."""
+    fitted, said = fit_values(name, values, tuple(model.input_size))
+    return LimitsSpec(name, fitted, seed, probs=probs), said
+
+
+# ---------------------------------------------------------------- CNN vs Transformer
+
+# The course's comparison (shared/TEACHING.md): a CNN, ViT-B/16 (16 x 16 patches as tokens
+# with position embeddings, attention over all of them from the first block) and
+# ConvNeXt-Tiny (a ResNet modernised toward a hierarchical transformer). Pretrained ids; a
+# page offers the untrained twin (`ID@random`) where the weights are not cached.
+VIT, CONVNEXT = "torchvision:vit_b_16", "torchvision:convnext_tiny"
+# The lecture track's demos, in its order: layout (tokens vs pooling), pose, evidence, texture, handedness.
+VERSUS_DEMOS = ("shuffle", "rotate", "occlude", "noise", "flip")
+
+
+def versus(model: Model) -> tuple[str, str]:
+    """The models "CNN vs Transformer" puts beside `model`: ViT-B/16 and ConvNeXt-Tiny beside
+    a CNN; beside a transformer (ViT, Swin) the bundled CNN and ConvNeXt; beside a ConvNeXt
+    the bundled CNN and ViT-B/16."""
+    from torchvision.models import ConvNeXt
+
+    from .models import BUNDLED_ID
+    from .tokens import family
+
+    if family(model.net) is not None:
+        return BUNDLED_ID, CONVNEXT
+    if isinstance(model.net, ConvNeXt):
+        return BUNDLED_ID, VIT
+    return VIT, CONVNEXT
+
+
 # ---------------------------------------------------------------- specs
 
 def _hint():
@@ -499,6 +534,11 @@ class Sweep(Result):
     def flipped(self) -> list[int]:
         """Indices whose top-1 is no longer the original class."""
         return [i for i, p in enumerate(self.points) if p.top1.index != self.original.index]
+
+    def index_of(self, value) -> int | None:
+        """The point at `value` (another model's sweep of the same values; occlusion grids differ
+        where input sizes do), else None."""
+        return next((i for i, p in enumerate(self.points) if p.value == value), None)
 
     def prob_map(self) -> np.ndarray:
         """occlude: the original class's probability per patch position [rows, cols]."""

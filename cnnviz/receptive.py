@@ -12,10 +12,20 @@ Blocks (`Model.blocks`: residual, Inception and dense blocks, stages) are traced
 not stopped at: a block's row is the field of the tensor its forward returns, found by
 the tracer (`_Tracer.calls`), with a note on the merge that made it.
 
+Vision transformers (`tokens.family`): their blocks are traced through too. ViT's patch
+grid, flattened into a sequence of tokens (the class token in front), is followed as a
+grid; an attention module (`nn.MultiheadAttention`) lets every token see every patch, so
+from the first attention on a unit's field is the whole image (`Field.whole`). Swin's
+windowed attention lets a token see its window only: the field grows by a bound of
+window - 1 tokens each way per block (a token at a window's edge sees that far to one
+side), until a stage's map fits in one window (whole again); patch merging is a 2x2
+window of stride 2. Rows give a transformer's outputs as the recorder does, [C, h, w].
+
 Effective field (Luo et al. 2016): |d unit / d input|, one forward and one backward,
 taken with respect to the network's normalized input (the image is normalized here).
 
-One entry point, `run(model, image, spec)`, for four specs: `TableSpec` (the
+One entry point, `run(model, image, spec)`, for five specs (`DepthSpec`, the depth
+curve of theoretical and effective field sizes, below): `TableSpec` (the
 architecture table, `Table`), `UnitSpec` (a unit's theoretical field), `EffectiveSpec`
 (and its effective field on `image`: PIL or [1, 3, H, W] pixels in [0, 1]) and
 `AverageSpec` (its effective field averaged over the sample images or over noise, batch
@@ -35,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from . import bounds
+from . import bounds, tokens
 from .activations import LayerNotFound, find_layer
 from .contract import CnnvizError, Progress, Result, Spec
 from .hooks import Recorder, _is_noop
@@ -63,12 +73,17 @@ class Field:
     size: tuple[int, int]  # (h, w) input pixels one unit sees
     jump: tuple[int, int]  # input pixels between neighbouring units
     start: tuple[float, float]  # centre of unit (0, 0) in input pixels
+    # Every unit sees all of this box (attention over the whole map): `size` is its size,
+    # and every unit's box is this one, not a box centred on the unit.
+    whole: "Box | None" = None
 
     def centre(self, i: int, j: int) -> tuple[float, float]:
         return (self.start[0] + i * self.jump[0], self.start[1] + j * self.jump[1])
 
     def box(self, i: int, j: int) -> Box:
         """Half-open (top, left, bottom, right) of unit (i, j); may reach outside the image."""
+        if self.whole is not None:
+            return self.whole
         cy, cx = self.centre(i, j)
         top, left = int(round(cy - (self.size[0] - 1) / 2)), int(round(cx - (self.size[1] - 1) / 2))
         return (top, left, top + self.size[0], left + self.size[1])
@@ -114,6 +129,20 @@ class _Axis:
         """One unit that sees all `n` units of this axis (global pooling, flatten)."""
         return _Axis(self.size + (n - 1) * self.jump, self.jump * n, self.top, self.lo, self.hi)
 
+    def everywhere(self, n: int) -> "_Axis":
+        """Each of the `n` units sees what all of them see together, [lo, hi) (attention):
+        the smallest window centred on every unit's centre that holds it."""
+        c0 = self.top + (self.size - 1) / 2
+        size = math.ceil(max(2 * (c0 + (n - 1) * self.jump - self.lo) + 1, 2 * (self.hi - c0) - 1))
+        size += (size - 1) / 2 % 1 != c0 % 1  # a whole-pixel top
+        return _Axis(size, self.jump, int(c0 - (size - 1) / 2), self.lo, self.hi)
+
+    def windowed(self, w: int, n: int) -> "_Axis":
+        """Swin's attention in windows of `w` of the `n` units: a unit shares its window with
+        units at most w - 1 away (a bound: the other side of its window is nearer), or, when
+        the map fits in one window, with all of them."""
+        return self.everywhere(n) if w >= n else self.window(2 * w - 1, 1, 1, w - 1, n)
+
 
 def _merge(parts: list[tuple[_Axis, int]], n_out: int) -> tuple[_Axis, str]:
     """Union of fields entering a merge; `parts` holds (axis, units along it).
@@ -149,18 +178,28 @@ class _State:
     axes: tuple[int, int] | None  # None once the spatial structure is gone (flatten)
     hw: tuple[int, int]
     ndim: int = 4
+    # A transformer's patch grid flattened into tokens (axes None, hw the grid): the
+    # tokens' axis, and how many tokens come before the grid's (ViT's class token).
+    seq: int | None = None
+    offset: int = 0
+    whole: bool = False  # every unit sees all of the extent (attention over the whole map)
 
     def extent(self) -> Box:
         return (self.y.lo, self.x.lo, self.y.hi, self.x.hi)
 
     def field(self) -> Field:
-        return Field((self.y.size, self.x.size), (self.y.jump, self.x.jump),
-                     (self.y.top + (self.y.size - 1) / 2, self.x.top + (self.x.size - 1) / 2))
+        start = (self.y.top + (self.y.size - 1) / 2, self.x.top + (self.x.size - 1) / 2)
+        if self.whole:
+            t, l, b, r = self.extent()
+            return Field((b - t, r - l), (self.y.jump, self.x.jump), start, self.extent())
+        return Field((self.y.size, self.x.size), (self.y.jump, self.x.jump), start)
 
     def collapsed(self) -> "_State":
-        if self.axes is None:
+        if self.axes is None and self.seq is None:
             return self
-        return _State(self.y.whole(self.hw[0]), self.x.whole(self.hw[1]), None, (1, 1))
+        # After attention over the whole map (a ViT's class token into its head) the one
+        # unit left still sees just the image, not the union of the tokens' padded windows.
+        return _State(self.y.whole(self.hw[0]), self.x.whole(self.hw[1]), None, (1, 1), whole=self.whole)
 
 
 @dataclass
@@ -177,8 +216,9 @@ class Row:
     field: Field | None = None
     extent: Box | None = None  # input pixels some unit of this layer depends on (top, left, bottom, right)
     note: str = ""
-    layer: bool = True  # False for merges (add, cat, mul): not inspectable layers
+    layer: bool = True  # False for merges (add, cat, mul) and attention: not inspectable layers
     block: bool = False  # a block's output (see `Model.blocks`): its field is its branches' union
+    attention: bool = False  # a transformer's attention (a row of the table, not a layer)
 
     def to_dict(self) -> dict:
         f = self.field
@@ -187,7 +227,7 @@ class Row:
             "kernel": _l(self.kernel), "stride": _l(self.stride), "dilation": _l(self.dilation),
             "padding": _l(self.padding), "size": _l(f and f.size), "jump": _l(f and f.jump),
             "start": _l(f and f.start), "extent": _l(self.extent), "note": self.note, "layer": self.layer,
-            "block": self.block,
+            "block": self.block, "attention": self.attention,
         }
 
 
@@ -250,6 +290,13 @@ _MERGES = {operator.add: "add", operator.iadd: "add", torch.add: "add", operator
            operator.imul: "mul", torch.mul: "mul", torch.cat: "cat", torch.concat: "cat", torch.stack: "stack"}
 _F_WINDOWS = {F.max_pool2d, F.avg_pool2d, torch.max_pool2d}
 _F_ADAPTIVE = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
+ATTENTION_NOTE = "attention: every token sees every patch, so the field is the whole image"
+
+
+def _swin(n: fx.Node) -> str:
+    """The name of torchvision's Swin function a node calls (fx keeps them whole), else ""."""
+    f = n.target if n.op == "call_function" else None
+    return f.__name__ if getattr(f, "__module__", "") == "torchvision.models.swin_transformer" else ""
 
 
 _UNKNOWN = object()  # the state of a tensor downstream of an op the arithmetic cannot follow
@@ -299,8 +346,14 @@ class _Walk(fx.Interpreter):
     """Runs the traced graph once on a real input, carrying a `_State` beside every tensor."""
 
     def __init__(self, gm: fx.GraphModule, inspectable: dict[str, nn.Module],
-                 blocks: dict[str, nn.Module] | None = None, traced: list | None = None):
+                 blocks: dict[str, nn.Module] | None = None, traced: list | None = None, to_map=None,
+                 root: nn.Module | None = None):
         super().__init__(gm)
+        # A transformer's outputs as the recorder gives them ([C, h, w]); its patch grid is
+        # followed through the tokens (`_tokens`). None for a CNN.
+        self.to_map = to_map
+        self.root = root if root is not None else gm
+        self.attention: dict[int, str] = {}  # graph index of each attention -> its note
         self.inspectable = inspectable
         self.states: dict[fx.Node, object] = {}  # _State, _UNKNOWN, or None (not from the input)
         self.rows: list[Row] = []
@@ -319,7 +372,12 @@ class _Walk(fx.Interpreter):
 
     def run_node(self, n: fx.Node):
         out = super().run_node(n)
-        self.states[n] = self._state(n, out) if isinstance(out, torch.Tensor) else None
+        if isinstance(out, torch.Tensor):
+            self.states[n] = self._state(n, out)
+        elif n.op == "call_module" and isinstance(self.module.get_submodule(n.target), nn.MultiheadAttention):
+            self.states[n] = self._attention(n, out[0])  # (output, weights): `getitem` takes the output on
+        else:
+            self.states[n] = None
         for k, call in enumerate(self.blocks_at.get(n, ()) if self.states[n] is not None else ()):
             self._block_row(n, out, call, self.blocks_at[n][:k])
         return out
@@ -332,11 +390,14 @@ class _Walk(fx.Interpreter):
         k = self.calls.get(path, 0)
         self.calls[path] = k + 1
         m = self.blocks[path]
-        row = Row(f"{path}#{k}" if k else path, type(m).__name__, tuple(out.shape[1:]),
+        row = Row(f"{path}#{k}" if k else path, type(m).__name__, self._shape(path, m, out),
                   sum(p.numel() for p in m.parameters()), block=True)
         st = self.states[n]
         if isinstance(st, _State):
-            row.field, row.extent, row.note = st.field(), st.extent(), self._explain(n, call, inner)
+            # A transformer block's field is its attention's story; a CNN block's, its merge's.
+            said = [note for at, note in self.attention.items() if call[1] <= at < call[2]]
+            row.field, row.extent = st.field(), st.extent()
+            row.note = said[0] if said else self._explain(n, call, inner)
         else:
             row.note = f"unknown: the arithmetic cannot follow {self.unknown}"
         self.rows.append(row)
@@ -384,6 +445,52 @@ class _Walk(fx.Interpreter):
                 return a.name
             a = ins[0]  # an op of the block's own forward: follow what it was applied to
 
+    def _shape(self, name: str, m: nn.Module | None, out: torch.Tensor, st=None) -> tuple[int, ...]:
+        """A row's output shape without the batch: a transformer's as the recorder gives it
+        (`tokens.mapper`); for rows that are not layers (merges, attention), from the state."""
+        if self.to_map is None:
+            return tuple(out.shape[1:])
+        if m is not None:
+            return tuple(self.to_map(name, m, out).shape[1:])
+        if isinstance(st, _State) and (st.seq is not None or st.axes == (1, 2)) and out.ndim in (3, 4):
+            drop = {0, st.seq} if st.seq is not None else {0, 1, 2}
+            return (math.prod(out.shape[d] for d in range(out.ndim) if d not in drop), *st.hw)
+        return tuple(out.shape[1:])
+
+    def _attention(self, n: fx.Node, out: torch.Tensor):
+        """The state after an attention (ViT's `nn.MultiheadAttention` over the tokens, Swin's
+        `shifted_window_attention` in windows), and its row."""
+        src = self.states.get(n.args[0])
+        if not isinstance(src, _State):
+            return src
+        h, w = src.hw
+        if n.op == "call_module":  # every query token against every key token
+            path, m = str(n.target), self.module.get_submodule(n.target)
+            if src.seq is None and src.axes is None:  # not a grid we follow: one unit, as before
+                return src
+            st, note = replace(src, y=src.y.everywhere(h), x=src.x.everywhere(w), whole=True), ATTENTION_NOTE
+        else:
+            window = n.kwargs.get("window_size", n.args[4] if len(n.args) > 4 else None)
+            shift = n.kwargs.get("shift_size", n.args[6] if len(n.args) > 6 else (0, 0))
+            (wy, wx), (sy, sx) = window, shift
+            st = replace(src, y=src.y.windowed(wy, h), x=src.x.windowed(wx, w), whole=wy >= h and wx >= w)
+            if st.whole:
+                note = f"attention over the whole {h}x{w} map (one {wy}x{wx} window): " + ATTENTION_NOTE.partition(": ")[2]
+            else:
+                shifted = f", shifted by {sy}x{sx}" if sy < h and sx < w and (sy or sx) else ""
+                note = (f"windowed attention: a token sees the {wy}x{wx} window it is in{shifted}; the field is a bound "
+                        f"(a window spans {wy - 1} more tokens, split between a token's two sides; the field allows "
+                        f"{wy - 1} on each)")
+            inside = [(p, a) for p, a, b in self.traced if a <= self.index[n] < b]
+            path = max(inside, key=lambda t: t[1])[0] if inside else n.name
+            m = self.root.get_submodule(path) if inside else None  # (the graph module keeps only called ones)
+        self.attention[self.index[n]] = note
+        row = Row(path, type(m).__name__ if m is not None else "attention", self._shape(path, None, out, st),
+                  sum(p.numel() for p in m.parameters()) if m is not None else 0, layer=False, attention=True)
+        row.field, row.extent, row.note = st.field(), st.extent(), note
+        self.rows.append(row)
+        return st
+
     def _state(self, n: fx.Node, out: torch.Tensor):
         """The tensor's `_State`, `_UNKNOWN`, or None for tensors not computed from the input."""
         if n.op == "placeholder":
@@ -398,7 +505,11 @@ class _Walk(fx.Interpreter):
             return None
         src = ins[0]
         window, note, kind = None, "", None
-        if n.op == "call_module":
+        if _swin(n) == "shifted_window_attention":
+            return self._attention(n, out)
+        if _swin(n) == "_patch_merging_pad" and src.axes is not None:  # 2x2 neighbours side by side
+            window = ((2, 2), (2, 2), (1, 1), (0, 0))
+        elif n.op == "call_module":
             m = self.module.get_submodule(n.target)
             if src.axes is not None:
                 window = _window_of(m, src.hw)
@@ -424,7 +535,7 @@ class _Walk(fx.Interpreter):
             kind = _MERGES.get(n.target)
         if window is not None:
             k, s, d, p = window
-            hw = tuple(out.shape[-2:])
+            hw = tuple(out.shape[a] for a in src.axes)
             st = _State(src.y.window(k[0], s[0], d[0], p[0], hw[0]), src.x.window(k[1], s[1], d[1], p[1], hw[1]),
                         src.axes, hw, out.ndim)
         else:
@@ -438,30 +549,58 @@ class _Walk(fx.Interpreter):
         """Ops that do not slide a window: elementwise ops and merges keep the spatial
         axes (broadcasting included), permutes move them, anything else (flatten,
         view, mean) folds all units into one."""
+        if any(s.seq is not None for s in ins):
+            return self._tokens(n, out, [s for s in ins if s.seq is not None])
         ref = max(ins, key=lambda s: s.hw[0] * s.hw[1] if s.axes is not None else 0)
         if ref.axes is None:
             return _merged(ins, None, (1, 1), 1), ""
-        module = self.module.get_submodule(n.target) if n.op == "call_module" else None
-        if (n.op == "call_method" and n.target == "permute") or n.target is torch.permute \
-                or isinstance(getattr(module, "dims", None), (list, tuple)):  # torchvision's Permute module
-            dims = module.dims if module is not None else n.kwargs.get("dims") or (
-                n.args[1] if isinstance(n.args[1], (tuple, list)) else n.args[1:])
-            dims = [int(d) % out.ndim for d in dims]  # (ConvNeXt's blocks run channels-last)
-            axes = (dims.index(ref.axes[0]), dims.index(ref.axes[1]))
-            return _State(ref.y, ref.x, axes, ref.hw, out.ndim), ""
+        if (dims := self._permutation(n, out)) is not None:  # (ConvNeXt's blocks run channels-last)
+            return replace(ref, axes=(dims.index(ref.axes[0]), dims.index(ref.axes[1])), ndim=out.ndim), ""
+        if self.to_map is not None and ref.axes == (ref.ndim - 2, ref.ndim - 1) and out.ndim == ref.ndim - 1 \
+                and out.shape[-1] == ref.hw[0] * ref.hw[1]:  # ViT: the patch grid flattened into tokens
+            return replace(ref, axes=None, seq=out.ndim - 1, ndim=out.ndim), ""
         hw = None
         if out.ndim == ref.ndim and all(out.shape[a] == h for a, h in zip(ref.axes, ref.hw)):
             hw, axes = ref.hw, ref.axes
         elif ref.axes == (ref.ndim - 2, ref.ndim - 1) and out.ndim >= 3 and tuple(out.shape[-2:]) == ref.hw:
             hw, axes = ref.hw, (out.ndim - 2, out.ndim - 1)  # a view that keeps H, W last (channel shuffle)
         if hw is None and out.ndim == ref.ndim and any(out.shape[a] > 1 for a in ref.axes):
-            op = type(module).__name__ if module is not None else getattr(n.target, "__name__", n.target)
+            op = type(self.module.get_submodule(n.target)).__name__ if n.op == "call_module" \
+                else getattr(n.target, "__name__", n.target)
             self.unknown = self.unknown or f"{op} ({n.name})"
             return _UNKNOWN, ""  # slicing, resampling: not a sliding window
         if hw is None:
             return _merged([s.collapsed() for s in ins], None, (1, 1), out.ndim), ""
         spatial = [s for s in ins if s.axes is not None]
         return _merged(spatial, axes, hw, out.ndim, with_note=True)
+
+    def _permutation(self, n: fx.Node, out: torch.Tensor) -> list[int] | None:
+        """The dims of a permute (a call, or torchvision's Permute module), else None."""
+        module = self.module.get_submodule(n.target) if n.op == "call_module" else None
+        if (n.op == "call_method" and n.target == "permute") or n.target is torch.permute \
+                or isinstance(getattr(module, "dims", None), (list, tuple)):
+            dims = module.dims if module is not None else n.kwargs.get("dims") or (
+                n.args[1] if isinstance(n.args[1], (tuple, list)) else n.args[1:])
+            return [int(d) % out.ndim for d in dims]
+        return None
+
+    def _tokens(self, n: fx.Node, out: torch.Tensor, ins: list[_State]) -> tuple[object, str]:
+        """Ops on a flattened patch grid (ViT's tokens): a permute moves the tokens' axis, a
+        concatenation in front of it (the class token) shifts the grid, ops that keep every
+        token keep its field (their union for merges); anything else (the class token taken
+        out) is one unit that sees all."""
+        ref = ins[0]
+        if (dims := self._permutation(n, out)) is not None:
+            return replace(ref, seq=dims.index(ref.seq), ndim=out.ndim), ""
+        if n.target in (torch.cat, torch.concat) and len(ins) == 1:
+            parts, dim = n.args[0], n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0) % out.ndim
+            if dim == ref.seq:
+                k = next(k for k, a in enumerate(parts) if self.states.get(a) is ref)
+                before = sum(self.env[a].shape[dim] for a in parts[:k])
+                return replace(ref, offset=ref.offset + before, ndim=out.ndim), ""
+        if out.ndim == ref.ndim and out.shape[ref.seq] == ref.offset + ref.hw[0] * ref.hw[1]:
+            return _merged(ins, None, ref.hw, out.ndim, with_note=True, seq=ref.seq, offset=ref.offset)
+        return _merged([s.collapsed() for s in ins], None, (1, 1), out.ndim), ""
 
     def _row(self, n, out, st, window, note, kind) -> None:
         if n.op == "call_module":
@@ -471,10 +610,10 @@ class _Walk(fx.Interpreter):
             k = self.calls.get(base, 0)
             self.calls[base] = k + 1
             m = self.inspectable[base]
-            row = Row(f"{base}#{k}" if k else base, type(m).__name__, tuple(out.shape[1:]),
+            row = Row(f"{base}#{k}" if k else base, type(m).__name__, self._shape(base, m, out),
                       sum(p.numel() for p in m.parameters()))
         elif kind in ("add", "mul", "cat", "stack") and len(n.all_input_nodes) > 1:
-            row = Row(n.name, kind, tuple(out.shape[1:]), 0, layer=False)
+            row = Row(n.name, kind, self._shape(n.name, None, out, st), 0, layer=False)
         else:
             return
         if window is not None:
@@ -486,10 +625,15 @@ class _Walk(fx.Interpreter):
         self.rows.append(row)
 
 
-def _merged(ins: list[_State], axes, hw, ndim: int, with_note: bool = False):
+def _merged(ins: list[_State], axes, hw, ndim: int, with_note: bool = False, **grid):
+    whole = next((s for s in ins if s.whole and all(s.y.lo <= t.y.lo and t.y.hi <= s.y.hi and s.x.lo <= t.x.lo
+                                                     and t.x.hi <= s.x.hi for t in ins)), None)
+    if whole is not None:  # one input already sees all any of them sees (attention + its residual)
+        st = replace(whole, axes=axes, hw=hw, ndim=ndim, **grid)
+        return (st, "") if with_note else st
     ys, ny = _merge([(s.y, s.hw[0]) for s in ins], hw[0])
     xs, nx = _merge([(s.x, s.hw[1]) for s in ins], hw[1])
-    st = _State(ys, xs, axes, hw, ndim)
+    st = _State(ys, xs, axes, hw, ndim, **grid)
     if with_note:
         return st, (ny or nx) if len(ins) > 1 else ""
     return st
@@ -518,7 +662,7 @@ def architecture(model: Model, input_size=None) -> list[Row]:
     passes in other threads go past the tracer (see `_Tracer`)."""
     h, w = _check_size(input_size or model.input_size)
     # Blocks are traced through (their layers have rows of their own); the rest stop it.
-    blocks = {n: m for n, m in model.layer_modules.items() if n in model.blocks}
+    blocks = {n: m for n, m in model.layer_modules.items() if n in model.blocks or n in tokens.blocks(model.net)}
     inspectable = {n: m for n, m in model.layer_modules.items() if n not in blocks}
     tracer = _Tracer({id(m) for m in inspectable.values()})
     try:
@@ -526,9 +670,13 @@ def architecture(model: Model, input_size=None) -> list[Row]:
     except Exception as e:  # dynamic control flow fx cannot follow
         raise RFError(f"Cannot trace {model.id} with torch.fx ({type(e).__name__}: {e}); "
                       "receptive fields need a traceable forward.") from None
-    walk = _Walk(fx.GraphModule(tracer.root, graph), inspectable, blocks, tracer.calls)
-    with torch.no_grad():
-        walk.run(torch.zeros(1, 3, h, w))
+    walk = _Walk(fx.GraphModule(tracer.root, graph), inspectable, blocks, tracer.calls, tokens.mapper(model.net),
+                 model.net)
+    try:
+        with torch.no_grad():
+            walk.run(torch.zeros(1, 3, h, w))
+    except (AssertionError, RuntimeError) as e:  # a network made for one size (ViT asserts its own)
+        raise RFError(f"{model.id} cannot take a {h}x{w} input ({e}).") from None
     return walk.rows
 
 
@@ -647,20 +795,32 @@ def _input_grads(model: Model, x: torch.Tensor, layer: str, ij: tuple[int, int],
     """[B, H, W]: |d out[b, channel or all channels summed, i, j] / d x[b]| summed over colours,
     for normalized network inputs x; one forward and one backward for the whole batch
     (samples do not interact in eval mode)."""
-    i, j = ij
+    return _probe_grads(model, x, [(layer, ij)], channel)[0]
+
+
+def _probe_grads(model: Model, x: torch.Tensor, probes: list[tuple[str, tuple[int, int]]],
+                 channel: int | None = None, progress: Progress | None = None) -> list[np.ndarray]:
+    """`_input_grads` of several (layer, (i, j)) probes from one forward pass, a backward
+    each (`progress` after each). A transformer's tokens are taken on their patch grid
+    (the recorder's maps), so (i, j) is a token."""
     xg = x.detach().clone().requires_grad_(True)
-    with Recorder(model, [layer], detach=False) as rec, torch.enable_grad():
+    grads = []
+    with Recorder(model, sorted({layer for layer, _ in probes}), detach=False) as rec, torch.enable_grad():
         model.net(xg)
-        out = rec.outputs[layer]
-        if layer in rec.mutated():  # a later in-place op (ResNet's `out += identity`) changed it
-            raise RFError(f"{layer}'s output is changed in place by the operation after it (a residual add "
-                          "or an in-place ReLU), "
-                          "so its own gradient cannot be taken; pick the layer right after it.")
-        if channel is not None and not 0 <= channel < out.shape[1]:
-            raise RFError(f"Channel {channel} does not exist in {layer} (0..{out.shape[1] - 1}).")
-        target = out[:, channel, i, j] if channel is not None else out[:, :, i, j].sum(1)
-        (g,) = torch.autograd.grad(target.sum(), xg)
-    return g.abs().sum(1).numpy().astype(np.float32)
+        for k, (layer, (i, j)) in enumerate(probes):
+            out = rec.outputs[layer]
+            if layer in rec.mutated():  # a later in-place op (ResNet's `out += identity`) changed it
+                raise RFError(f"{layer}'s output is changed in place by the operation after it (a residual add "
+                              "or an in-place ReLU), "
+                              "so its own gradient cannot be taken; pick the layer right after it.")
+            if channel is not None and not 0 <= channel < out.shape[1]:
+                raise RFError(f"Channel {channel} does not exist in {layer} (0..{out.shape[1] - 1}).")
+            target = out[:, channel, i, j] if channel is not None else out[:, :, i, j].sum(1)
+            (g,) = torch.autograd.grad(target.sum(), xg, retain_graph=k < len(probes) - 1)
+            grads.append(g.abs().sum(1).numpy().astype(np.float32))
+            if progress is not None:
+                progress((k + 1) / len(probes), f"{k + 1} of {len(probes)} layers")
+    return grads
 
 
 def network_input(model: Model, image) -> torch.Tensor:
@@ -764,9 +924,14 @@ class Table(Result):
     def row(self, layer: str, spatial: bool = False) -> Row:
         return check_layer(self.rows, layer, spatial)
 
+    @property
+    def transformer(self) -> bool:
+        return any(r.attention for r in self.rows)
+
     def default_layer(self) -> str:
-        """Deep enough that the field is interesting (among layers: blocks would move it)."""
-        names = [n for n, r in self.spatial.items() if not r.block]
+        """Deep enough that the field is interesting (among layers: blocks would move it; a
+        transformer's are its blocks, what a token is)."""
+        names = [n for n, r in self.spatial.items() if r.block == self.transformer]
         return names[len(names) * 3 // 5]
 
     def place(self, layer: str, i: int | None, j: int | None) -> tuple[int, int]:
@@ -792,6 +957,22 @@ class Table(Result):
 
     def unit(self, layer: str, i: int | None = None, j: int | None = None) -> Unit:
         return unit(self.rows, layer, i, j, self.input_size)
+
+    def whole_at(self) -> tuple[int, str, int] | None:
+        """Where a unit's field first reaches the input's height (the depth chart's mark):
+        (1-based position among the n layers with a field, its name, n); None if never."""
+        layers = list(rows_by_name(self.rows).values())
+        k = next((k for k, r in enumerate(layers) if r.field.size[0] >= self.input_size[0]), None)
+        return None if k is None else (k + 1, layers[k].name, len(layers))
+
+    def depth_sentence(self, label: str) -> str:
+        """The depth chart in words, for one network."""
+        at = self.whole_at()
+        if at is None:
+            return f"{label}: no unit's field reaches the whole {self.input_size[0]} px image."
+        k, name, n = at
+        return (f"{label}: a unit's field covers the whole {self.input_size[0]} px image from layer {k} of {n} "
+                f"({k / n:.0%} of the depth, {name}).")
 
     def to_dict(self) -> dict:
         """`python -m cnnviz rf --all`: the layers' rows (merges left out)."""
@@ -893,6 +1074,60 @@ class UnitField(Result):
                 "erf_box90": list(e.box90) if e and e.box90 else None, "seconds": self.seconds}
 
 
+
+
+@dataclass(frozen=True)
+class DepthSpec(Spec):
+    """The depth curve: the centre unit's theoretical field and its effective field on the
+    image at `points` layers spread evenly over the depth (of the table's layers with a
+    spatial map that a gradient can be taken at), from one forward pass and a backward
+    from each layer."""
+
+    points: int = 8
+
+    def check(self, model) -> "DepthSpec":
+        bounds.whole(self.points, "The number of layers", 2, bounds.MAX_DEPTH_POINTS, RFError)
+        return self
+
+    def passes(self, model) -> int:
+        return self.points
+
+
+@dataclass
+class Depth(Result):
+    """Per layer (execution order): its depth (k / n among the table's n layers with a
+    field, as the depth chart counts them; 1 the last), the theoretical field's side (as the depth chart) and the side of the 90%-mass
+    box of the centre unit's effective field (None when the gradient is zero)."""
+
+    layers: list[str]
+    depth: list[float]
+    theoretical: list[int]
+    effective: list[int | None]
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "layers": self.layers, "depth": self.depth, "theoretical": self.theoretical,
+                "effective": self.effective, "seconds": self.seconds}
+
+
+def depth_curve(model: Model, image, points: int = 8, *, progress: Progress | None = None) -> Depth:
+    """`DepthSpec`'s work: see there."""
+    rows = table(model)
+    layers = list(rows_by_name(rows).values())  # the depth chart's x: every layer with a field
+    usable = [k for k, r in enumerate(layers) if len(r.shape) == 3 and r.name not in model.mutated_layers]
+    if any(r.attention for r in rows):  # a transformer: the patch embedding, then its blocks (what a token
+        usable = usable[:1] + [k for k in usable[1:] if layers[k].block]  # is; an untrained LayerNorm's sum is 0)
+    picks = sorted({usable[round(q)] for q in np.linspace(0, len(usable) - 1, min(points, len(usable)))})
+    units = [unit(rows, layers[k].name, input_size=model.input_size) for k in picks]
+    grads = _probe_grads(model, network_input(model, image), [(u.layer, u.unit) for u in units], None,
+                         Progress.of(progress))
+    sides = []
+    for u, g in zip(units, grads):
+        box = mass_boxes(g[0], u.centre, (0.9,))[0]
+        sides.append(None if box is None else box[2] - box[0])
+    return Depth([u.layer for u in units], [(k + 1) / len(layers) for k in picks],
+                 [layers[k].field.size[0] for k in picks], sides)
+
+
 def backdrop(model: Model, image, source: str | None = None):
     """What a field is drawn over (the network's input size): the image as the network
     sees it; greyed for an average over the samples; plain grey for noise or no image."""
@@ -905,13 +1140,17 @@ def backdrop(model: Model, image, source: str | None = None):
 
 
 def run(model: Model, image, spec: Spec, *, progress: Progress | None = None) -> Table | UnitField:
-    """`TableSpec` -> `Table`; `UnitSpec` / `EffectiveSpec` / `AverageSpec` -> `UnitField`.
+    """`TableSpec` -> `Table`; `UnitSpec` / `EffectiveSpec` / `AverageSpec` -> `UnitField`;
+    `DepthSpec` -> `Depth`.
     `image`: PIL or [1, 3, H, W] pixels in [0, 1] (`EffectiveSpec` only; the others take None)."""
     progress = Progress.of(progress)
     spec = spec.check(model)
     if isinstance(spec, TableSpec):
         progress(0.0, "one traced pass")
         return Table(table(model, spec.input_size, fresh=True), spec.input_size)
+    if isinstance(spec, DepthSpec):
+        progress(0.0, "one forward pass, a backward pass from each layer")
+        return depth_curve(model, image, spec.points, progress=progress)
     if not isinstance(spec, UnitSpec):
         raise TypeError(f"cnnviz.receptive cannot run {type(spec).__name__}")
     u = unit(table(model), spec.layer, spec.y, spec.x, model.input_size)

@@ -194,7 +194,7 @@ def limits_figure(sweeps: list, names: list[str], highlight: int | None = None, 
                 f"{sw.original.label}: {p.orig_prob:.1%}, rank {p.orig_rank}" for p in sw.points]
         red = ["#d62728" if p.top1.index != sw.original.index else colours[k % 3] for p in sw.points]
         common = dict(x=xs, mode="lines+markers", customdata=xs, text=text, hovertemplate="%{text}<extra>" + name + "</extra>",
-                      line=dict(color=colours[k % 3], dash="solid" if k == 0 else "dash"), legendgroup=name)
+                      line=dict(color=colours[k % 3], dash=("solid", "dash", "dot")[k % 3]), legendgroup=name)
         fig.add_trace(go.Scatter(y=[p.orig_prob for p in sw.points], name=f"{name}: p({sw.original.label})",
                                  marker=dict(color=red, size=9, line=dict(width=1, color="white")), **common), 1, 1)
         fig.add_trace(go.Scatter(y=[p.orig_rank for p in sw.points], name=f"{name}: rank", showlegend=False,
@@ -323,29 +323,50 @@ def unit_map_figure(m, selected: tuple[int, int] | None = None, height: int = 46
     return fig
 
 
-def rf_depth_figure(rows: list[dict], input_size: tuple[int, int], current: str | None = None) -> go.Figure:
+def rf_depth_figure(rows: list[dict], input_size: tuple[int, int], current: str | None = None, *,
+                    label: str = "field size", other: tuple[str, list[dict]] | None = None,
+                    effective: dict[str, list[tuple[str, int | None]]] | None = None) -> go.Figure:
     """Theoretical field size (height) of every layer against depth, with the input size
-    drawn: where the curve crosses it, a unit first can see the whole image."""
-    layers = [r for r in rows if r["layer"] and r["size"]]
-    x = list(range(1, len(layers) + 1))
-    fig = go.Figure(go.Scatter(
-        x=x, y=[r["size"][0] for r in layers], mode="lines+markers", customdata=[r["name"] for r in layers],
-        marker=dict(size=5), name="field size",
-        hovertemplate="%{x}. %{customdata}<br>field %{y} px<extra></extra>",
-    ))
+    drawn: where the curve crosses it, a unit first can see the whole image. `other`:
+    (label, rows) of a second network on the same axes, both then against relative depth
+    (% of each network's layers, so networks of different lengths line up; its points
+    carry no click). `effective`: per network label, (layer, side of the effective field's
+    90% box) drawn dashed."""
+    curves = [(label, [r for r in rows if r["layer"] and r["size"]])]
+    if other is not None:
+        curves.append((other[0], [r for r in other[1] if r["layer"] and r["size"]]))
+    fig = go.Figure()
+    for k, (name, layers) in enumerate(curves):
+        n, colour = len(layers), ("#1f77b4", "#ff7f0e")[k]
+        x = [100 * (i + 1) / n for i in range(n)] if other is not None else list(range(1, n + 1))
+        where = "%{x:.0f}% of the depth" if other is not None else "%{x}."
+        fig.add_trace(go.Scatter(
+            x=x, y=[r["size"][0] for r in layers], mode="lines+markers", name=name, line=dict(color=colour),
+            customdata=[r["name"] for r in layers] if k == 0 else None, text=[r["name"] for r in layers],
+            marker=dict(size=5), hovertemplate=f"{name}<br>{where} %{{text}}<br>field %{{y}} px<extra></extra>",
+        ))
+        first = next((i for i, r in enumerate(layers) if r["size"][0] >= input_size[0]), None)
+        if first is not None:
+            fig.add_vline(x=x[first], line=dict(color=colour if other is not None else "#888", dash="dot"),
+                          annotation_text=f"{name + ' ' if other is not None else ''}sees the whole image: "
+                                          f"{layers[first]['name']}",
+                          annotation_position="bottom right" if k == 0 else "top right")
+        names = [r["name"] for r in layers]
+        points = [(x[names.index(a)], side) for a, side in (effective or {}).get(name, ()) if a in names and side]
+        if points:
+            fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
+                                     name=f"{name}: effective", line=dict(color=colour, dash="dash"),
+                                     hovertemplate="effective field %{y} px<extra></extra>"))
+        if k == 0 and current is not None and current in names:
+            i = names.index(current)
+            fig.add_trace(go.Scatter(x=[x[i]], y=[layers[i]["size"][0]], mode="markers", showlegend=False,
+                                     marker=dict(size=12, color="#d62728"), hoverinfo="skip"))
     fig.add_hline(y=input_size[0], line=dict(color="#d62728", dash="dash"),
                   annotation_text=f"input {input_size[0]} px", annotation_position="top left")
-    first = next((k for k, r in enumerate(layers) if r["size"][0] >= input_size[0]), None)
-    if first is not None:
-        fig.add_vline(x=first + 1, line=dict(color="#888", dash="dot"),
-                      annotation_text=f"sees the whole image: {layers[first]['name']}", annotation_position="bottom right")
-    if current is not None and current in [r["name"] for r in layers]:
-        k = [r["name"] for r in layers].index(current)
-        fig.add_trace(go.Scatter(x=[k + 1], y=[layers[k]["size"][0]], mode="markers", showlegend=False,
-                                 marker=dict(size=12, color="#d62728"), hoverinfo="skip"))
-    fig.update_layout(height=320, margin=dict(l=0, r=0, t=10, b=0), showlegend=False,
-                      xaxis_title="layer (execution order)", yaxis_title="receptive field (px)",
-                      clickmode="event+select")
+    fig.update_layout(height=320 if other is None and not effective else 380, margin=dict(l=0, r=0, t=10, b=0),
+                      showlegend=other is not None or bool(effective), legend=dict(orientation="h", y=-0.25),
+                      xaxis_title="depth (% of each network's layers)" if other is not None else "layer (execution order)",
+                      yaxis_title="receptive field (px)", clickmode="event+select")
     return fig
 
 
@@ -412,4 +433,27 @@ def budget_figure(sweep, label: str, target: str | None = None, current: float |
     fig.update_layout(xaxis=dict(title="budget (L-infinity, in 1/255)", dtick=1 if len(sweep.budgets) <= 17 else None),
                       yaxis=dict(title="probability", range=[0, 1.02]), height=360,
                       margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+# ---------------------------------------------------------------- a ViT's class token
+
+def class_token_figure(values, selected: int | None = None, height: int = 240) -> go.Figure:
+    """A class token's value in each channel, bars in channel order, the selected channel
+    red and labelled; a click on a bar gives its channel (customdata). Plain lists, so the
+    figure's JSON holds one number per channel."""
+    values = [float(v) for v in values]
+    c = len(values)
+    hit = selected is not None and 0 <= selected < c
+    colours = ["#1f77b4"] * c
+    if hit:
+        colours[selected] = "#d62728"
+    fig = go.Figure(go.Bar(x=list(range(c)), y=values, customdata=list(range(c)), marker=dict(color=colours, line_width=0),
+                           hovertemplate="channel %{x}<br>class token %{y:.4g}<extra></extra>"))
+    if hit:
+        fig.add_annotation(x=selected, y=values[selected], text=f"channel {selected}", arrowhead=2,
+                           arrowcolor="#d62728", font=dict(color="#d62728"))
+    fig.update_layout(height=height, bargap=0, margin=dict(l=10, r=10, t=20, b=10), hovermode="x",
+                      clickmode="event+select", dragmode=False, showlegend=False,
+                      xaxis=dict(title="channel", range=[-0.5, c - 0.5]), yaxis=dict(title="value"))
     return fig

@@ -605,11 +605,18 @@ _PRETTY = {"hardtanh": "hardtanh outside nn.Hardtanh/ReLU6 modules", "relu": "F.
            "silu": "SiLU", "gelu": "GELU", "hardswish": "Hardswish"}
 
 
+def unguided(model: Model) -> list[str]:
+    """The activations `model` applies outside the guided modules, named for a reader (found
+    by watching one forward pass, once per model: weights do not change which functions run)."""
+    found = model._shared("unguided", lambda: unguided_activations(model, GUIDED_MODULES))
+    return [_PRETTY.get(b, b) for b in found]
+
+
 def check_guided(model: Model) -> None:
-    bad = unguided_activations(model, GUIDED_MODULES)  # found by watching one forward pass
+    bad = unguided(model)
     if bad:
         raise SaliencyError(
             f"Guided Backprop changes only ReLU and clamp (ReLU6) modules, but {model.label} also applies "
-            f"{', '.join(_PRETTY.get(b, b) for b in bad)}: there the rule is not defined (a smooth activation "
+            f"{', '.join(bad)}: there the rule is not defined (a smooth activation "
             "has no range where its gradient is simply passed or blocked), and its guided maps would silently "
             "be plain gradients. Use Grad-CAM, gradients or Integrated Gradients for this model.")

@@ -2,8 +2,8 @@
 
 A ViT block outputs tokens [B, 1 + g*g, C]: the class token first, then the patches row
 by row. A Swin stage works channels-last, [B, H, W, C]. `as_map` gives both as
-[B, C, h, w], the layout of a CNN's maps (ViT: the class token dropped); any other
-output passes unchanged. `blocks` names the transformer blocks, which are layers too
+[B, C, h, w], the layout of a CNN's maps (ViT: the class token dropped from the map;
+`class_token` gives it apart); any other output passes unchanged. `blocks` names the transformer blocks, which are layers too
 (a block's output is what the next block reads), though they are not leaf modules.
 This module imports nothing else of cnnviz (`hooks` uses it).
 """
@@ -43,13 +43,18 @@ def grid(n_tokens: int) -> int | None:
     return g if g and g * g == n_tokens - 1 else None
 
 
+def _vit_grid(name: str, out: torch.Tensor) -> int | None:
+    """g where a ViT's output is tokens [B, 1 + g*g, C] (inside the encoder), else None."""
+    return grid(out.shape[1]) if name.startswith("encoder") and out.ndim == 3 else None
+
+
 def mapper(net: nn.Module):
     """`to_map(name, module, output)` for this network: its token outputs as [B, C, h, w]
     (see the module docstring); the identity for a CNN."""
     kind = family(net)
     if kind == "vit":
         def to_map(name: str, module: nn.Module, out: torch.Tensor) -> torch.Tensor:
-            if name.startswith("encoder") and out.ndim == 3 and (g := grid(out.shape[1])):
+            if g := _vit_grid(name, out):
                 return out[:, 1:].transpose(1, 2).reshape(out.shape[0], out.shape[2], g, g)
             return out
     elif kind == "swin":
@@ -62,6 +67,29 @@ def mapper(net: nn.Module):
     else:
         return None
     return to_map
+
+
+def class_token(net: nn.Module):
+    """`cls_of(name, module, output)` for a ViT: the class token [B, C] of a token output
+    (the one `mapper` drops from the map), None for any other output; None for a network
+    without a class token (a CNN, Swin)."""
+    if family(net) != "vit":
+        return None
+
+    def cls_of(name: str, module: nn.Module, out: torch.Tensor) -> torch.Tensor | None:
+        return out[:, 0] if _vit_grid(name, out) else None
+    return cls_of
+
+
+def patch_size(net: nn.Module) -> int | None:
+    """The side in pixels of the patch a transformer makes one token of (its patch
+    embedding's kernel and stride: ViT-B/16 16, Swin-T 4); None for a CNN."""
+    kind = family(net)
+    if kind == "vit":
+        return int(net.patch_size)
+    if kind == "swin":
+        return int(net.features[0][0].kernel_size[0])
+    return None
 
 
 def cam_layer(net: nn.Module) -> str | None:

@@ -5,12 +5,14 @@ checks for several methods (the saliency page's "Trust checks" tab, and
 `python -m cnnviz trust`):
 
 - Model randomization (`randomization_check`): Adebayo et al. 2018's cascading model
-  randomization. Weights are re-drawn from the top block down, one block more per step;
-  a method whose map barely changes (high rank correlation with the original) is not
-  explaining what the model learned. The new weights are new Parameters put in place of
-  the old ones, which are put back at the end: the job runner hands this job a private
-  copy of the modules (it is heavy), whose weight tensors are the shared model's, so
-  swapping Parameters (never writing into them) leaves every other session's model alone.
+  randomization. Weights are re-drawn from the top block down, one block more per step
+  (a CNN's top-level blocks and stages; a transformer's blocks one by one, see
+  `randomization_blocks`); a method whose map barely changes (high rank correlation with
+  the original) is not explaining what the model learned. The new weights are new
+  Parameters put in place of the old ones, which are put back at the end: the job runner
+  hands this job a private copy of the modules (it is heavy), whose weight tensors are the
+  shared model's, so swapping Parameters (never writing into them) leaves every other
+  session's model alone.
 - Deletion (`cnnviz.faithfulness`): remove the most salient pixels first and watch the
   target probability fall; a faithful map makes it fall faster (smaller area) than a
   random order does. Every method's curve and the random order's in one batched set.
@@ -25,7 +27,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from . import bounds
+from . import bounds, tokens
 from .contract import CnnvizError, NotFound, Progress, Result, Spec
 from .faithfulness import RANDOM, area, curves, passes as curve_passes
 from .model import Model
@@ -143,7 +145,11 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def randomization_blocks(model: Model) -> list[str]:
-    """Top-level children with parameters, in execution order: the cascade's steps."""
+    """The cascade's steps in execution order (it randomizes them from the last). A CNN:
+    its top-level children with parameters, long containers (stages, ModuleLists) child by
+    child. A transformer: its blocks one by one (`_transformer_steps`)."""
+    if tokens.family(model.net):
+        return _transformer_steps(model.net)
     order = [l.name.split(".")[0].split("#")[0] for l in model.layers]
     seen = list(dict.fromkeys(order))
     mods = dict(model.net.named_children())
@@ -156,6 +162,50 @@ def randomization_blocks(model: Model) -> list[str]:
         kids = [f"{top}.{n}" for n, c in m.named_children() if any(True for _ in c.parameters())]
         blocks.extend(kids if len(kids) > 1 else [top])
     return blocks
+
+
+def _transformer_steps(net: nn.Module) -> list[str]:
+    """A transformer's steps: each block (`tokens.blocks`: ViT's 12 encoder blocks, Swin's),
+    each part with parameters that holds no block (patch embedding, Swin's patch merging,
+    final norm, head), and the parameters a container holds itself (ViT's class token and
+    position embedding, named as parameters, just before the first block they feed). A
+    CNN's top-level rule would take ViT's 12 blocks as one step. Registration order is
+    execution order in torchvision's ViT and Swin."""
+    blocks = list(tokens.blocks(net))
+
+    def holds(path: str) -> bool:
+        return any(b == path or b.startswith(path + ".") for b in blocks) if path else bool(blocks)
+
+    steps: list[str] = []
+
+    def walk(path: str, mod: nn.Module) -> None:
+        if path in blocks or not holds(path):
+            if any(True for _ in mod.parameters()):
+                steps.append(path)
+            return
+        own = [f"{path}.{n}".lstrip(".") for n, _ in mod.named_parameters(recurse=False)]
+        for name, child in mod.named_children():
+            sub = f"{path}.{name}".lstrip(".")
+            if own and holds(sub):
+                steps.extend(own)
+                own = []
+            walk(sub, child)
+        steps.extend(own)
+
+    walk("", net)
+    return steps
+
+
+def cascade_sentence(model: Model) -> str:
+    """What the randomization check re-draws, in the order it does, in one sentence."""
+    steps = randomization_blocks(model)[::-1]
+    shown = ", ".join(f"`{s}`" for s in steps) if len(steps) <= 6 else \
+        ", ".join(f"`{s}`" for s in steps[:3]) + ", ..., " + ", ".join(f"`{s}`" for s in steps[-2:])
+    if tokens.family(model.net):
+        n = len(tokens.blocks(model.net))
+        return (f"{model.label} is a transformer: its weights are re-drawn from the top, its {n} blocks one at a "
+                f"time from the last to the first, in {len(steps)} parts ({shown}).")
+    return f"{model.label}'s weights are re-drawn from the top in {len(steps)} parts ({shown})."
 
 
 def _cuts(blocks: list[str], steps: int) -> list[int]:
@@ -173,10 +223,7 @@ def randomizing(net: nn.Module):
 
     def randomize(names: list[str], gen: torch.Generator) -> None:
         for name in names:
-            mod = net.get_submodule(name)
-            for path, p in list(mod.named_parameters()):
-                owner, _, leaf = path.rpartition(".")
-                holder = mod.get_submodule(owner) if owner else mod
+            for holder, leaf, p in _parameters(net, name):
                 std = float(p.std()) if p.numel() > 1 else 1.0
                 new = torch.randn(p.shape, generator=gen) * (std or 1.0)
                 saved.append((holder, leaf, p))
@@ -187,6 +234,18 @@ def randomizing(net: nn.Module):
     finally:
         for holder, leaf, p in reversed(saved):
             setattr(holder, leaf, p)
+
+
+def _parameters(net: nn.Module, name: str) -> list[tuple[nn.Module, str, nn.Parameter]]:
+    """(holder, attribute, parameter) for every parameter under module `name`, or for the
+    one parameter `name` names (ViT's class token)."""
+    owner, _, leaf = name.rpartition(".")
+    own = dict(net.get_submodule(owner).named_parameters(recurse=False))
+    if leaf in own:
+        return [(net.get_submodule(owner), leaf, own[leaf])]
+    mod = net.get_submodule(name)
+    return [(mod.get_submodule(path.rpartition(".")[0]), path.rpartition(".")[2], p)
+            for path, p in mod.named_parameters()]
 
 
 def randomization_check(model: Model, image: Image.Image | torch.Tensor, methods: list[str], target: int,

@@ -5,7 +5,7 @@ import streamlit as st
 from PIL import ImageOps
 
 from cnnviz import activations as A
-from cnnviz import render
+from cnnviz import render, tokens
 from cnnviz.app import cache
 from cnnviz.app.clicks import new_click
 from cnnviz.app.router import selection
@@ -19,12 +19,22 @@ sel = selection()
 model = sel.model
 ss, qp = st.session_state, st.query_params
 
+kind, patch = tokens.family(model.net), tokens.patch_size(model.net)  # a transformer: "vit" / "swin"
 st.title("Activations")
-st.markdown(
-    "Each filter of a convolution layer produces one activation map, bright where the input "
-    "matches the filter. Walk from the first layer to the last: maps shrink and multiply, and "
-    "what they answer to moves from edges and colours to parts and whole objects."
-)
+st.markdown({
+    None: "Each filter of a convolution layer produces one activation map, bright where the input "
+          "matches the filter. Walk from the first layer to the last: maps shrink and multiply, and "
+          "what they answer to moves from edges and colours to parts and whole objects.",
+    "vit": f"A vision transformer cuts the image into {patch}x{patch} patches and embeds each one as a token, a "
+           "vector of channels; every block then lets each token attend to every other, across the whole image "
+           "from the first block on. Here channel k of all the patch tokens, laid out on the patch grid, makes one "
+           "map; the class token has no place on the grid and is shown apart, under the mosaic. Unlike a CNN's, "
+           "the maps keep their size from the first block to the last.",
+    "swin": f"Swin cuts the image into {patch}x{patch} patches, one token each, and lets tokens attend within "
+            "local windows, shifted from one block to the next; between stages it merges neighbouring patches, so, "
+            "as in a CNN, the maps shrink while the channels multiply. Here channel k of all the tokens, laid out "
+            "on the patch grid, makes one map.",
+}[kind])
 
 # The layer list comes from the model (probed once at load). A recording keeps only the
 # layer on screen (one short job per layer, cached by its spec; the pass stops there);
@@ -75,8 +85,9 @@ if (name := new_click("act_depth_chart")) in shapes:
     _set_layer(name)
     C = shapes[name][0]
     ss["act_channel"] = min(ss["act_channel"], C - 1)
-if (ch := new_click("act_mosaic")) is not None and 0 <= int(ch) < C:
-    ss["act_channel"] = int(ch)
+for chart in ("act_mosaic", "act_cls"):  # a mosaic tile, or a bar of the class token
+    if (ch := new_click(chart)) is not None and 0 <= int(ch) < C:
+        ss["act_channel"] = int(ch)
 
 # ---------------------------------------------------------------- layer picker
 
@@ -136,6 +147,25 @@ if tab_channels.open:
             st.download_button("Activations (.npy)", npy.getvalue(), f"activations-{layer}.npy",
                                "application/octet-stream", width="stretch", help=f"float32 array {list(layer_acts.shape)}")
 
+        if (cls := rec.class_token(layer)) is not None:  # a ViT's tokens: the class token, off the grid
+            with st.expander(f"The class token: {c} values, apart from the {h}x{w} grid", expanded=True):
+                st.caption(
+                    f"Besides its {h * w} patch tokens a ViT carries one class token: a learned vector with no place "
+                    "in the image, which gathers from every patch through attention; after the last block (and the "
+                    "final norm) it is all the classification head reads. The bars are its value in each channel "
+                    "(red: the channel selected above; click a bar to select one). The map is the cosine similarity "
+                    "of the class token with each patch token: white where a patch's vector points most nearly the "
+                    "same way.")
+                st.plotly_chart(render.class_token_figure(cls, channel), key="act_cls", on_select="rerun",
+                                selection_mode="points",
+                                config={"displaylogo": False, "toImageButtonOptions": {"filename": f"class-token-{layer}"}})
+                sim = rec.cls_similarity(layer)
+                e1, e2 = st.columns([3, 2])
+                e1.plotly_chart(render.map_heatmap(sim, "cosine similarity to each patch"), key="act_cls_sim")
+                e2.image(render.overlay(model.input_image(sel.image), sim, 0.6), width="stretch",
+                         caption=f"The same {h}x{w} map over the image (bright = most similar; "
+                                 f"{sim.min():.2f} to {sim.max():.2f})")
+
         st.subheader(f"Channel {channel}")
         m = layer_acts[channel]
         if stats.max[channel] == stats.min[channel]:
@@ -159,8 +189,16 @@ if tab_channels.open:
 
 if tab_depth.open:
     with tab_depth:
-        st.caption("One point per layer. Watch the maps shrink (stride, pooling) while the channels "
-                   "multiply, and how many values the ReLUs set to zero. Click a point to open that layer.")
+        st.caption({
+            None: "One point per layer. Watch the maps shrink (stride, pooling) while the channels "
+                  "multiply, and how many values the ReLUs set to zero. Click a point to open that layer.",
+            "vit": "One point per layer. Unlike a CNN's, a ViT's maps keep their size: every block reads and writes "
+                   "the same grid of tokens with the same channels (the MLP widens them only inside a block). GELU, "
+                   "not ReLU: few values are exactly zero. Click a point to open that layer.",
+            "swin": "One point per layer. The maps shrink where patches are merged, between stages, while the "
+                    "channels multiply, as in a CNN. GELU, not ReLU: few values are exactly zero. Click a point to "
+                    "open that layer.",
+        }[kind])
         depth = cache.run(A.DepthSpec(), model, sel.image, sel.image_sha, label="Summarizing every layer:")
         st.plotly_chart(render.depth_figure(depth.rows, layer), key="act_depth_chart", on_select="rerun",
                         selection_mode="points")

@@ -4,7 +4,7 @@ from PIL import Image
 
 from cnnviz import adversarial as A
 from cnnviz import divergence as D
-from cnnviz import render, render_divergence
+from cnnviz import render, render_divergence, tokens
 from cnnviz.activations import LayerNotFound, mosaic
 from cnnviz.app import cache
 from cnnviz.app.clicks import new_click
@@ -157,7 +157,8 @@ with tab_png:
 
 if tab_cam.open:  # lazy: three Grad-CAMs only when asked
     with tab_cam:
-        st.caption("Grad-CAM (last spatial layer) for each image's own answer, and for the original answer on the "
+        where = "the patch tokens entering the last block" if tokens.family(model.net) == "vit" else "last spatial layer"
+        st.caption(f"Grad-CAM ({where}) for each image's own answer, and for the original answer on the "
                    "adversarial image: the picture barely changed, the evidence did.")
         g = [(res.original, res.label, f"original, {cat[res.label]}"),
              (res.adversarial, res.predicted, f"adversarial, {cat[res.predicted]}")]

@@ -4,7 +4,7 @@ import numpy as np
 import streamlit as st
 
 from cnnviz import activations as A
-from cnnviz import arithmetic, bounds, hooks, render
+from cnnviz import arithmetic, bounds, hooks, render, tokens
 from cnnviz import render_convolution as RC
 from cnnviz import unit as U
 from cnnviz.app import cache
@@ -36,6 +36,8 @@ ss.setdefault("cv_toy", "edges")
 restore_number("cv_temp", "t", bounds.TEMPERATURE[0], 10.0, integer=False)
 ss.setdefault("cv_temp", 1.0)
 lecture = bool(ss["cv_lecture"])
+kind, patch = tokens.family(model.net), tokens.patch_size(model.net)  # a transformer: "vit" / "swin"
+NET = {"vit": "a ViT", "swin": "Swin"}.get(kind, "")
 if lecture:
     big_type()
 
@@ -48,7 +50,13 @@ if not lecture:
         "A convolution unit's value is a dot product: the input patch under the filter (F x F, across all the "
         "input channels it reads), times the filter's weights, summed, plus one bias; then whatever the network "
         "applies next (BatchNorm, ReLU or another activation). Start with the arithmetic on a small grid, then "
-        "open one unit of the real network and check the sum against the value it recorded.")
+        "open one unit of the real network and check the sum against the value it recorded." if kind is None else
+        "A convolution unit's value is a dot product: the input patch under the filter (F x F, across all the "
+        f"input channels it reads), times the filter's weights, summed, plus one bias. In {NET} the only "
+        f"convolution is the patch embedding: {patch}x{patch} filters moved {patch} pixels at a time, so the windows "
+        "never overlap and each unit is one patch of the image times one filter, a linear embedding of that patch. "
+        "Start with the arithmetic on a small grid, then open one unit of the patch embedding and check the sum "
+        "against the value it recorded.")
 
 tab_play, tab_unit, tab_soft = st.tabs(["Arithmetic playground", "One unit of the network", "Softmax"],
                                        key="cv_view", bind="query-params")
@@ -128,7 +136,11 @@ def _unit() -> None:
             "the filter, times the filter's weights, summed over every input channel it reads (a grouped or "
             "depthwise layer reads only its group's channels), plus one bias; then the network's next steps. "
             "Everything below is redone here in float64 from the layer's real input and weights, and checked "
-            "against the value the network itself recorded.")
+            "against the value the network itself recorded." if kind is None else
+            f"The patch embedding is the only convolution in {NET}: click an output unit, one "
+            f"patch of the image. Its number is the {patch}x{patch} patch in its 3 colour channels times one "
+            "filter's weights, summed, plus one bias. Everything below is redone here in float64 from the layer's "
+            "real input and weights, and checked against the value the network itself recorded.")
     names = U.unit_layers(model)
     if not names:
         st.error(f"{model.label} has no convolution or pooling layer with a spatial map.")

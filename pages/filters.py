@@ -3,7 +3,7 @@ import streamlit as st
 
 from cnnviz import featurevis as FV
 from cnnviz import filters as Fi
-from cnnviz import bounds, jobs, render
+from cnnviz import bounds, jobs, render, tokens
 from cnnviz.activations import spatial_layers
 from cnnviz.app import cache
 from cnnviz.app.router import selection
@@ -15,12 +15,17 @@ sel = selection()
 model = sel.model
 ss, qp = st.session_state, st.query_params
 
+kind = tokens.family(model.net)  # a transformer: "vit" / "swin"
 st.title("Filters")
 st.markdown(
     "A first-layer filter looks straight at pixels, so its weights are a small colour picture: "
     "edges, stripes and colour blobs. Deeper units combine earlier channels, so their weights say "
     "little to the eye; instead, an image is optimized until the unit fires as strongly as it can, "
-    "and set beside the patches of real photos that excite it most."
+    "and set beside the patches of real photos that excite it most." if kind is None else
+    "A transformer's one convolution, its patch embedding, looks straight at pixels, so its weights are small "
+    "colour pictures, as a CNN's first-layer filters are. The attention and MLP layers after it mix tokens and "
+    "channels, so their weights say little to the eye; instead, an image is optimized until a unit fires as "
+    "strongly as it can, and set beside the patches of real photos that excite it most."
 )
 
 VIEWS = {"weights": "Weights", "unit": "What a unit looks for", "gallery": "Gallery of a layer"}
@@ -56,8 +61,14 @@ def weights_view() -> dict:
     out, cin, kh, kw = r.shape
     params = {"view": "weights", "conv": conv, "sort": sort}
     if r.kind == "rgb":
-        st.caption(f"**{conv}**: {out} filters of {kh}x{kw} over the 3 colour channels. Each tile is stretched "
-                   "from its own lowest to highest weight and enlarged without blurring, so one weight is one square.")
+        stride = model.layer_modules[conv].stride[0]
+        st.caption(f"**{conv}**: {out} filters of {kh}x{kw} over the 3 colour channels. "
+                   + ("" if kind is None else
+                      f"This is the only convolution in {'a ViT' if kind == 'vit' else 'Swin'}: it moves {stride} "
+                      f"pixels at a time, so each filter takes one dot product per {kh}x{kw} patch, and together they "
+                      f"are a linear embedding of each patch into a token of {out} channels. ")
+                   + "Each tile is stretched from its own lowest to highest weight and enlarged without blurring, "
+                     "so one weight is one square.")
         name = f"filters-{conv}.png"
     elif r.kind == "depthwise":
         st.caption(f"**{conv}** is depthwise: filter k looks only at input channel k ({out} filters of {kh}x{kw}, "

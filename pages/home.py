@@ -1,5 +1,6 @@
 import streamlit as st
 
+from cnnviz import tokens
 from cnnviz.app import cache
 from cnnviz.app.router import selection
 from cnnviz.render import topk_bar
@@ -7,12 +8,19 @@ from cnnviz.render import topk_bar
 sel = selection()
 model = sel.model
 
-st.title("cnnviz: look inside a convolutional network")
-st.markdown(
-    "A CNN slides small learned filters over the image; early layers answer to edges and "
-    "colour blobs, deeper ones to parts and whole objects. Pick a network and an image in "
-    "the sidebar, then walk through the pages below to see what it computes and where it fails."
-)
+kind, patch = tokens.family(model.net), tokens.patch_size(model.net)  # a transformer: "vit" / "swin"
+st.title("cnnviz: look inside a convolutional network" if kind is None else "cnnviz: look inside a vision transformer")
+st.markdown({
+    None: "A CNN slides small learned filters over the image; early layers answer to edges and "
+          "colour blobs, deeper ones to parts and whole objects.",
+    "vit": f"A vision transformer (ViT) cuts the image into {patch}x{patch} patches, embeds each one as a token and "
+           "lets every token attend to every other from the first block on: no sliding filters and no built-in "
+           "locality, spatial relations learned from large datasets instead.",
+    "swin": f"Swin, a hierarchical vision transformer, cuts the image into {patch}x{patch} patches and attends "
+            "within local windows, shifted from block to block, merging patches between stages: the ConvNet's "
+            "sliding-window idea brought back.",
+}[kind] + " Pick a network and an image in the sidebar, then walk through the pages below to see what it "
+          "computes and where it fails.")
 
 left, right = st.columns([2, 3])
 with left:
@@ -32,18 +40,23 @@ st.subheader(f"About {model.label}")
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Parameters", f"{model.params / 1e6:.1f} M")
 c2.metric("Input size", f"{model.input_size[0]} x {model.input_size[1]}")
-c3.metric("Layers", len(model.layers), help="Convolutions, normalizations, activations, pooling and linear layers, one per call, "
-                                          "and the blocks made of them (residual, Inception, dense blocks, stages).")
+c3.metric("Layers", len(model.layers), help=(
+    "Convolutions, normalizations, activations, pooling and linear layers, one per call, "
+    "and the blocks made of them (residual, Inception, dense blocks, stages)." if kind is None else
+    "The patch embedding (the one convolution), normalizations, activations and linear layers, one per call, "
+    "and the transformer blocks made of them."))
 c4.metric("Classes", len(model.categories))
 
 st.subheader("Explore")
 links = {
     "pages/activations.py": "What each layer computes, channel by channel.",
-    "pages/filters.py": "The learned filters, and images that excite a unit most.",
+    "pages/filters.py": "The learned filters, and images that excite a unit most." if kind is None else
+                        "The patch embedding's filters, and images that excite a unit most.",
     "pages/receptive_fields.py": "How much of the image one unit can see.",
     "pages/saliency.py": "Which pixels drove the decision (Grad-CAM and friends).",
     "pages/adversarial.py": "Invisible noise that changes the answer.",
-    "pages/limits.py": "Rotation, scale, mirror, occlusion: where CNNs break.",
+    "pages/limits.py": "Rotation, scale, mirror, occlusion: where CNNs break." if kind is None else
+                       "Rotation, scale, mirror, occlusion: where CNNs break, and whether a transformer does too.",
 }
 for path, text in links.items():
     a, b = st.columns([1, 3])

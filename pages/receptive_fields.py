@@ -5,8 +5,9 @@ import numpy as np
 import streamlit as st
 
 from cnnviz import activations as A
+from cnnviz import models
 from cnnviz import receptive as R
-from cnnviz import render
+from cnnviz import render, tokens
 from cnnviz.app import cache
 from cnnviz.app.clicks import new_click
 from cnnviz.app.router import selection
@@ -18,15 +19,29 @@ sel = selection()
 model = sel.model
 ss, qp = st.session_state, st.query_params
 
+family = tokens.family(model.net)
+INTRO = {
+    None: "A unit sees only part of the input, and that part grows with depth: two stacked 3x3 "
+          "convolutions see 5x5 (the same field as one 5x5, with fewer weights), and every stride-2 "
+          "step doubles how fast it grows. Click a unit to see its **theoretical field** (red box, "
+          "also the part that falls into the zero padding around the image) and its **effective "
+          "field**: where the gradient of that unit really flows. The effective field is much smaller "
+          "and roughly Gaussian (Luo et al. 2016).",
+    "vit": "A vision transformer cuts the image into patches (16 x 16 px for ViT-B/16) and makes each a "
+           "token. Its first attention lets every token see every patch, so from the first block on a "
+           "token's **theoretical field** (red box) is the whole image: nothing grows with depth, unlike a "
+           "CNN's stacked small windows. The **effective field**, the gradient of one token with respect to "
+           "the input, still shows where that token really looks: click a token (a cell of the patch grid).",
+    "swin": "Swin cuts the image into 4 x 4 px patches and lets a token attend only inside its 7 x 7 window "
+            "of tokens, shifting the windows every other block and merging 2 x 2 patches between stages: "
+            "its **theoretical field** (red box) grows window by window, like a CNN's, until the last "
+            "stage fits in one window and every token sees the whole image. The table's fields for the "
+            "windows are bounds (a token at a window's edge sees farther to one side only). The **effective "
+            "field**, the gradient of one token, shows where it really looks: click a token.",
+}
+
 st.title("Receptive fields")
-st.markdown(
-    "A unit sees only part of the input, and that part grows with depth: two stacked 3x3 "
-    "convolutions see 5x5 (the same field as one 5x5, with fewer weights), and every stride-2 "
-    "step doubles how fast it grows. Click a unit to see its **theoretical field** (red box, "
-    "also the part that falls into the zero padding around the image) and its **effective "
-    "field**: where the gradient of that unit really flows. The effective field is much smaller "
-    "and roughly Gaussian (Luo et al. 2016)."
-)
+st.markdown(INTRO[family])
 
 try:
     table = cache.run(R.TableSpec(), model, label="Tracing the network:")
@@ -47,6 +62,17 @@ from_url = {k: restore(f"rf_{k}", k, lambda v: v >= 0, int, why="rows, columns a
             for k in ("y", "x", "channel")}
 if ss.get("rf_layer") not in named:
     ss["rf_layer"] = table.default_layer()
+
+# The depth chart's second model: the models the sidebar offers (a link may name any other).
+others = {e.id: e.label + (" · untrained" if e.source == "random" else "")
+          for e in models.catalog() if e.available and e.id != model.id}
+if restore("rf_compare", "compare", lambda v: v in others,
+           why="not one of the models this page can compare with now (pick one under Architecture)"):
+    ss["rf_compare_on"] = True
+if ss.get("rf_compare") not in others:  # the lesson: a CNN against ViT-B/16, a transformer against a CNN
+    vit = next((i for i in ("torchvision:vit_b_16", "torchvision:vit_b_16@random") if i in others), None)
+    ss["rf_compare"] = vit if family is None and vit else (models.BUNDLED_ID if models.BUNDLED_ID in others
+                                                          else next(iter(others)))
 
 
 def _follow() -> None:
@@ -107,7 +133,10 @@ u = table.unit(layer, i, j)
 ss["rf_shown"] = (layer, i, j)
 f = u.field
 
-tab_unit, tab_avg, tab_arch = st.tabs(["Unit on this image", "Averaged effective field", "Architecture"])
+# Keyed and bound to the URL (`rf_view`): a rerun (the comparison's toggle) keeps the open tab, and a
+# link can open the Architecture tab's comparison.
+tab_unit, tab_avg, tab_arch = st.tabs(["Unit on this image", "Averaged effective field", "Architecture"],
+                                      key="rf_view", bind="query-params")
 
 
 def _numbers(eff) -> None:
@@ -128,6 +157,8 @@ def _numbers(eff) -> None:
         f"({u.centre[0]:g}, {u.centre[1]:g}); neighbouring units are {f.jump[0]} px apart. "
         f"Box rows {t}..{bt - 1}, columns {l}..{r - 1}"
         + (" (the red box reaches into the padding: grey border)." if pad else ".")
+        + (" After attention every unit of this layer sees the whole image, so the red box is the image."
+           if f.whole else "")
         + " Red: theoretical field; blue: 50% and green: 90% of the effective field's mass."
     )
 
@@ -157,8 +188,9 @@ with tab_unit:
     if error:
         st.error(error)
     elif eff.empty:
-        st.info("The gradient of this unit is zero everywhere: its activation functions are off for this "
-                "image, so nothing in the input changes it. Pick another unit or channel.")
+        st.info("The gradient of this unit is zero everywhere: nothing in the input changes it (its activation "
+                "functions are off for this image, or a normalization makes its channels' sum constant, as an "
+                "untrained LayerNorm does). Pick another unit, channel or layer.")
     _numbers(eff)
     d1, d2 = st.columns(2)
     d1.download_button("Overlay (PNG)", png_bytes(canvas), f"rf-{layer}-{i}-{j}.png", "image/png", width="stretch")
@@ -205,21 +237,71 @@ with tab_arch:
         "one unit sees, *jump* how far apart neighbouring units' fields are, *start* the centre of the "
         "first unit's field. Merges (residual adds, concatenations) take the union of their branches; "
         "a block's row (residual, Inception, dense block, stage) is the field of what it returns."
+        + (" Attention rows (not layers you can pick) say how attention changes the field; token outputs are "
+           "shown on the patch grid, [channels, rows, columns]." if table.transformer else "")
     )
+    c_on, c_other = st.columns([2, 3], vertical_alignment="center")
+    comparing = c_on.toggle("Compare the depth curve with", key="rf_compare_on",
+                            help="The lesson: a CNN's field grows layer by layer; a ViT's covers the image "
+                                 "from its first attention.")
+    other_id = c_other.selectbox("Second model", list(others), key="rf_compare", format_func=others.get,
+                                 disabled=not comparing, label_visibility="collapsed")
+    if comparing:
+        qp["compare"] = other_id
+    elif "compare" in qp:
+        del qp["compare"]
+    other = other_table = None
+    if comparing:
+        try:
+            other = cache.model(other_id)
+            other_table = cache.run(R.TableSpec(), other, label=f"Tracing {other.label}:")
+        except CnnvizError as e:  # ModelError (offline, not cached) included
+            st.error(str(e))
+            other = None
     dicts = [r.to_dict() for r in table.rows]
-    st.plotly_chart(render.rf_depth_figure(dicts, model.input_size, layer), key="rf_depth_chart",
-                    on_select="rerun", selection_mode="points", config={"displaylogo": False})
+    curves = [(model, table)] + ([(other, other_table)] if other is not None else [])
+    effective = {}
+    asked = (model.id, other_id if other is not None else None, sel.image_sha)
+    e1, e2 = st.columns([2, 3], vertical_alignment="center")
+    if e1.button("Add the effective fields", key="rf_depth_go",
+                 help="The centre unit's effective field (90% of its mass) at 8 layers of each network, on this "
+                      "image: one forward pass and 8 backward passes a network."):
+        ss["rf_depth_request"] = asked
+    if ss.get("rf_depth_request") == asked:
+        for m, _ in curves:
+            try:
+                d = cache.run(R.DepthSpec(), m, sel.image, sel.image_sha, label=f"Effective fields, {m.label}:")
+            except CnnvizError as e:
+                st.error(str(e))
+            else:
+                effective[m.label] = list(zip(d.layers, d.effective))
+    e2.caption("Solid: the theoretical field; dashed (after the button): where the gradient of the centre "
+               "unit really reaches on this image (90% of its mass).")
+    fig = render.rf_depth_figure(
+        dicts, model.input_size, layer, label=model.label,
+        other=(other.label, [r.to_dict() for r in other_table.rows]) if other is not None else None,
+        effective=effective)
+    st.plotly_chart(fig, key="rf_depth_chart", on_select="rerun", selection_mode="points",
+                    config={"displaylogo": False})
+    if other is not None:
+        st.caption(f"Against relative depth (each network's layers from first to last), so networks of different "
+                   f"lengths line up; the dashed red line is the input ({model.input_size[0]} px). "
+                   + " ".join(t.depth_sentence(m.label) for m, t in curves))
 
     def _s(v):
         return "" if v is None else " x ".join(f"{x:g}" for x in v)
 
-    listing = [{"#": k + 1, "layer": d["name"], "type": d["type"] + (" (block)" if d["block"] else ""),
+    listing = [{"#": k + 1, "layer": d["name"],
+                "type": d["type"] + (" (block)" if d["block"] else " (attention)" if d["attention"] else ""),
                 "kernel": _s(d["kernel"]),
               "stride": _s(d["stride"]), "dilation": _s(d["dilation"]), "padding": _s(d["padding"]),
               "output": _s(d["shape"]), "params": d["params"], "field": _s(d["size"]), "jump": _s(d["jump"]),
               "start": _s(d["start"]), "note": d["note"]} for k, d in enumerate(dicts)]
     st.dataframe(listing, hide_index=True, width="stretch", height=420)
-    if notes := sorted({d["note"] for d in dicts if d["note"] and not d["block"]}):  # a block's: what it merges
+    # A block's note says what it merges, an attention's what it sees: neither is a warning.
+    if notes := sorted({d["note"] for d in dicts if d["note"] and not d["block"] and not d["attention"]}):
         st.warning("Notes: " + "; ".join(notes))
+    if said := "; ".join(dict.fromkeys(d["note"] for d in dicts if d["attention"])):
+        st.info(said[0].upper() + said[1:] + ".")
     st.download_button("Table (JSON)", json.dumps(dicts, indent=1), f"architecture-{model.id.replace(':', '_')}.json",
                        "application/json")

@@ -5,7 +5,7 @@ import streamlit as st
 
 from cnnviz import agreement as AG
 from cnnviz import attention as ATT
-from cnnviz import render
+from cnnviz import bounds, models, render, tokens
 from cnnviz import render_saliency as RS
 from cnnviz import saliency as S
 from cnnviz import trust
@@ -14,6 +14,7 @@ from cnnviz.app.clicks import new_click
 from cnnviz.app.router import selection
 from cnnviz.app.url import restore, restore_number
 from cnnviz.contract import CnnvizError
+from cnnviz.predict import PredictSpec, top_k
 
 M = S.METHODS
 sel = selection()
@@ -52,6 +53,10 @@ if ss.get("sal_layer") not in layers:
 
 def _class_label(i: int) -> str:
     return f"{model.categories[i]} ({i})"
+
+
+def _p(prob: float) -> str:
+    return f"p = {prob:.1%}" if prob >= 0.001 else "p < 0.1%"
 
 
 def _label(m: str) -> str:
@@ -99,15 +104,90 @@ tab_one, tab_grid, tab_sweep, tab_trust, tab_att = st.tabs(
     ["Map", "Methods side by side", "Layer sweep", "Trust checks", "Attention (transformers)"],
     key="view", bind="query-params")
 
+
+def _partners() -> dict[str, str]:
+    """Second models for the comparison: the picker's (untrained twins included, pretrained
+    ones whether or not their weights are here), and an id a link names that the sidebar
+    would load too (with its twin)."""
+    out = {e.id: e.label + {"bundled": " · bundled", "random": " · untrained (random weights)"}.get(
+        e.source, "" if e.available else " · weights not downloaded") for e in models.catalog()}
+    wanted = qp.get("compare")
+    if wanted not in out and models.servable(wanted):
+        for i in (wanted, wanted.removesuffix("@random") + "@random"):
+            out[i] = i.removeprefix("torchvision:").replace("@random", " · untrained (random weights)")
+    out.pop(model.id, None)
+    return out
+
+
+def _refused(raw) -> str:
+    """Why a link's compare= is not offered, for `restore`'s sentence."""
+    if raw == model.id:
+        return "that is the model already selected in the sidebar"
+    if models.known(raw):
+        return f"it is larger than this server loads (at most {bounds.MAX_MODEL_PARAMS / 1e6:.0f} M parameters)"
+    return "it is not a model this app knows; give an id such as torchvision:vit_b_16 or torchvision:vit_b_16@random"
+
+
+def _second_model():
+    """The comparison's widgets (bound to the URL's compare=ID) and the second model, or
+    None (off, or its weights not here: said, with the untrained twin one click away)."""
+    partners = _partners()
+    # The lecture's point: a CNN beside a vision transformer (a transformer beside the bundled CNN).
+    default = "torchvision:vit_b_16" if tokens.family(model.net) is None else models.BUNDLED_ID
+    if restore("sal_compare", "compare", lambda v: v in partners, why=_refused(qp.get("compare"))):
+        ss["sal_compare_on"] = True
+    if ss.get("sal_compare") not in partners:
+        ss["sal_compare"] = default
+    k1, k2 = st.columns([1, 2], vertical_alignment="center")
+    on = k1.toggle("Compare with another model", key="sal_compare_on",
+                   help="The same image and class explained by a second network, drawn the same way.")
+    other_id = k2.selectbox("Second model", list(partners), key="sal_compare", format_func=partners.get,
+                            disabled=not on, label_visibility="collapsed")
+    if not on:
+        if "compare" in qp:
+            del qp["compare"]
+        return None
+    qp["compare"] = other_id
+    if not models.is_available(other_id):
+        entry = next((e for e in models.catalog() if e.id == other_id), None)
+        size = f" (about {entry.download_mb:.0f} MB)" if entry and entry.download_mb else ""
+        st.info(f"The trained weights of {entry.label if entry else other_id} are not on this server: "
+                f"`python -m cnnviz download {other_id}` fetches them{size}. Meanwhile its untrained twin (the same "
+                "architecture with random weights) works offline.")
+        st.button("Compare with the untrained twin", key="sal_twin", on_click=ss.__setitem__,
+                  args=("sal_compare", other_id + "@random"))
+        return None
+    try:
+        return cache.model(other_id)
+    except CnnvizError as e:
+        st.error(str(e))
+        return None
+
+
+def _side_by_side(spec: S.SaliencySpec, att: S.Attribution, other: models.Model):
+    """The second model's map of the same image and class, or None (its job failed: said)."""
+    pairing = AG.pair(model, other, spec)
+    try:
+        with st.spinner(f"{other.label}: computing..."):
+            theirs = cache.run(pairing.spec, other, sel.image, sel.image_sha, label=f"{other.label}:")
+            top = top_k(other, cache.run(PredictSpec(), other, sel.image, sel.image_sha).probs, 1)[0]
+    except CnnvizError as e:
+        st.warning(f"{other.label}: {e}")
+        return None
+    return AG.side_by_side(model, att.map, other, theirs, pairing, top)
+
+
 if tab_one.open:
     with tab_one:
+        spec = S.SaliencySpec(method, target, layer, contrast)
+        other = _second_model()
         try:
             with st.spinner(f"Computing {M[method].label}..."):
-                att = cache.run(S.SaliencySpec(method, target, layer, contrast), model, sel.image, sel.image_sha,
-                                label=f"{M[method].label}:")
+                att = cache.run(spec, model, sel.image, sel.image_sha, label=f"{M[method].label}:")
         except CnnvizError as e:  # a method this model cannot take, or a job over the server's budget
             st.warning(str(e))
             att = None
+        both = _side_by_side(spec, att, other) if att is not None and other is not None else None
         if att is not None:
             base = model.input_image(sel.image)
             st.caption(f"**{M[method].label}** for **{what}**" + (f" at `{att.layer}`" if att.layer else "")
@@ -116,11 +196,29 @@ if tab_one.open:
                 st.info("The map is empty: nothing in this layer supports the class (the ReLU removed every "
                         "negative contribution). Try a higher-ranked class or an earlier layer.")
             m1, m2 = st.columns(2)
-            shown = render.overlay(base, att.map, opacity, cmap)
-            m1.image(shown, caption="Map over the network's input", width="stretch")
-            m2.plotly_chart(render.map_heatmap(att.map, "raw map (hover for values)"), key="sal_raw")
+            shown_map = render.overlay(base, att.map, opacity, cmap)
+            if both is None:
+                m1.image(shown_map, caption="Map over the network's input", width="stretch")
+                m2.plotly_chart(render.map_heatmap(att.map, "raw map (hover for values)"), key="sal_raw")
+            else:
+                # One overlay, opacity and colour map for both; each map spans its own minimum to maximum.
+                mine, theirs = sel.top(1)[0], both.top1
+                b = both.attribution
+                m1.markdown(f"**{model.label}** · its top-1: {mine.label} ({mine.prob:.0%})")
+                m1.image(shown_map, caption=f"{M[method].label} for {att.label} ({_p(att.prob)})", width="stretch")
+                m2.markdown(f"**{other.label}** · its top-1: {theirs.label} ({theirs.prob:.0%})")
+                used = M[b.method].label + (f" (instead of {M[method].label})" if b.method != method else "")
+                m2.image(render.overlay(other.input_image(sel.image), b.map, opacity, cmap),
+                         caption=f"{used} for {b.label} ({_p(b.prob)})" + (f" at {b.layer}" if b.layer else ""),
+                         width="stretch")
+                for n in both.notes:
+                    st.info(n)
+                r1, r2 = st.columns([1, 4], vertical_alignment="center")
+                r1.metric("Spearman ρ of the two maps", f"{both.rho:.3f}")
+                r2.markdown(both.sentence + " Both maps are drawn the same way, each from its own minimum to its "
+                            "maximum: compare where they look, not how strongly.")
             png, npy = io.BytesIO(), io.BytesIO()
-            shown.save(png, "PNG")
+            shown_map.save(png, "PNG")
             np.save(npy, att.map)
             d1, d2 = st.columns(2)
             d1.download_button("Overlay (PNG)", png.getvalue(), f"{method}-{target}.png", "image/png")
@@ -209,6 +307,7 @@ if tab_trust.open:
             "**Deletion**: the most salient pixels are blurred away first; a faithful map makes the "
             "probability fall faster (smaller area) than a random order."
         )
+        st.caption(trust.cascade_sentence(model))
         checked = st.multiselect("Methods to check", trust.trust_methods(), default=list(trust.DEFAULT_METHODS),
                                  key="sal_trust_methods", format_func=_label)
         spec = trust.TrustSpec(tuple(checked), target)

@@ -220,3 +220,31 @@ def test_cli_bad_input_is_one_line(capsys, samples):
     assert main(["limits", str(samples["cat"]), "--transform", "blur", "--values", "0:-3:1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "step must be positive" in err
+
+
+@pytest.mark.parametrize("ids, words", [
+    ("torchvision:vit_b_16@random,nosuch", "--compare: unknown model id 'nosuch'"),
+    ("torchvision:vit_b_16@random,torchvision:swin_t@random,torchvision:resnet18@random",
+     "--compare takes at most 2 models (3 with --model's on one chart); got 3"),
+])
+def test_cli_compare_bounded_before_loading(capsys, samples, monkeypatch, ids, words):
+    monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert main(["limits", str(samples["cat"]), "--transform", "flip", "--compare", ids]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err
+
+
+def test_versus_puts_the_other_families_beside_a_model(bundled):
+    from types import SimpleNamespace
+
+    import torchvision
+
+    def arch(name):  # only the network's class matters: built on the meta device, no weights
+        with torch.device("meta"):
+            return SimpleNamespace(net=torchvision.models.get_model(name))
+
+    assert L.versus(bundled) == L.versus(arch("resnet18")) == (L.VIT, L.CONVNEXT)
+    for name in ("vit_b_16", "swin_t"):  # a transformer: the bundled CNN beside it
+        assert L.versus(arch(name)) == (models.BUNDLED_ID, L.CONVNEXT)
+    assert L.versus(arch("convnext_tiny")) == (models.BUNDLED_ID, L.VIT)
+    assert all(models.known(i) and models.known(i + "@random") for i in (L.VIT, L.CONVNEXT))

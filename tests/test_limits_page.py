@@ -5,7 +5,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from cnnviz import limits as L
+from cnnviz import models
 from cnnviz.app import cache
+from cnnviz.cli import main
 
 from . import apptest
 from .apptest import qp
@@ -107,3 +109,88 @@ def test_bad_values_show_a_message():
     at = open_page(demo="flip", preset="custom", values="0:-1:1")
     assert any("step must be positive" in e.value for e in at.error)
     assert len(chart(at)["data"][0]["y"]) == 2  # the first preset meanwhile
+
+
+# ---------------------------------------------------------------- CNN vs Transformer
+
+VIT, CONVNEXT = "torchvision:vit_b_16@random", "torchvision:convnext_tiny@random"
+TRIO = ["EfficientNet-Lite0", "ViT-B/16 (random init)", "ConvNeXt-Tiny (random init)"]
+
+
+def groups(at, key="lim_chart") -> list[str]:
+    """The chart's trace groups (one per model), in order."""
+    return list(dict.fromkeys(d["legendgroup"] for d in chart(at, key)["data"]))
+
+
+@pytest.fixture
+def short(monkeypatch):
+    """Every demo's sweep cut to its first two values (occlusion: a 112-pixel patch, 9
+    positions) and no min-flip search (tested in test_limits.py): three models, ViT-B/16
+    among them, in seconds on a CPU."""
+    real = L.parse_values
+    monkeypatch.setattr(L, "parse_values", lambda name, text: (112.0,) if name == "occlude" else real(name, text)[:2])
+    monkeypatch.setattr(L, "_min_flip", lambda *a, **k: None)
+    yield
+    cache.RESULTS.clear()
+
+
+def test_cnn_vs_transformer_track(short):
+    at = open_page(lecture="1", track="versus")
+    assert at.title[0].value == "CNN vs Transformer: Patch shuffle" and qp(at, "demo") == "shuffle"
+    # Tests run offline on an empty hub cache: the pretrained ViT and ConvNeXt are said to be
+    # missing, with the command that fetches each, and the untrained twins are offered, not used.
+    said = " ".join(i.value for i in at.info)
+    assert "`python -m cnnviz download torchvision:vit_b_16`" in said
+    assert "`python -m cnnviz download torchvision:convnext_tiny`" in said
+    assert groups(at) == TRIO[:1] and "compare" not in at.query_params
+    at.button(key="lim_twins").click().run()
+    assert not at.exception and not any("download" in i.value for i in at.info)
+    look_for = {"shuffle": "position embedding", "rotate": "orientation", "occlude": "attend to every other",
+                "noise": "patch embedding", "flip": "left and right"}
+    seen = []
+    for _ in L.VERSUS_DEMOS:
+        demo = qp(at, "demo")
+        seen.append(demo)
+        assert at.title[0].value == f"CNN vs Transformer: {L.TRANSFORMS[demo].title}"
+        assert qp(at, "track") == "versus" and qp(at, "compare") == f"{VIT},{CONVNEXT}"
+        assert any(look_for[demo] in m.value for m in at.markdown)
+        answers = [m.value for m in at.markdown if " says " in m.value]
+        assert [a.split("**")[1] for a in answers] == TRIO  # each model's answer at the highlighted point
+        if demo == "occlude":  # the three maps side by side, each on its own sweep
+            maps = [chart(at, key) for key in ("lim_map", "lim_map_1", "lim_map_2")]
+            assert [len(m["data"][1]["x"]) for m in maps] == [9, 9, 9]
+            at.session_state["lim_map_2"] = {"selection": {"points": [{"customdata": 4}]}}
+            at.run()  # a click on the third map highlights that position on all three
+            assert qp(at, "point") == "4" and all(chart(at, k)["layout"]["shapes"] for k in ("lim_map", "lim_map_2"))
+        else:
+            assert groups(at) == TRIO
+        at.button(key="lim_next").click().run()
+        assert not at.exception
+    assert seen == list(L.VERSUS_DEMOS) and qp(at, "demo") == "shuffle"  # and round again
+    at.button(key="lim_prev").click().run()
+    assert qp(at, "demo") == "flip"
+
+
+def test_compare_list_bounded_said_and_the_cli_twin(capsys, samples, monkeypatch):
+    asked = [VIT, CONVNEXT, "torchvision:resnet18@random", "torchvision:vit_b_16", "nosuch"]
+    at = open_page(demo="flip", compare=",".join(asked))
+    said = " ".join(i.value for i in at.info)
+    assert "'nosuch' is not used" in said  # a bogus id
+    assert "python -m cnnviz download torchvision:vit_b_16" in said  # pretrained, not cached here
+    assert "at most 3" in said and "ResNet-18 · untrained (random weights) is left out" in said  # the bound
+    assert groups(at) == TRIO and at.multiselect(key="lim_compare").value == [VIT, CONVNEXT]
+    assert qp(at, "compare") == f"{VIT},{CONVNEXT}"
+    # The CLI's twin gives the same numbers (its runner's thread count may round at 1e-6). It
+    # takes the models the page loaded (@random weights come from a fixed seed: the same either way).
+    real = models.load
+    monkeypatch.setattr(models, "load", lambda mid, progress=None: cache.MODELS.get(mid) or real(mid, progress))
+    assert main(["limits", str(samples["cat"]), "--transform", "flip", "--compare", f"{VIT},{CONVNEXT}", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"model", "transform", "original", "points", "min_flip", "seconds"} < set(out)
+    assert [c["model"] for c in out["compare"]] == [VIT, CONVNEXT]
+    data = chart(at)["data"]
+    for k, one in enumerate([out, *out["compare"]]):
+        prob, rank = data[2 * k], data[2 * k + 1]
+        assert prob["legendgroup"] == TRIO[k] and one["original"]["label"] in prob["name"]
+        assert prob["y"] == pytest.approx([p["orig_prob"] for p in one["points"]], abs=1e-5)
+        assert rank["y"] == [p["orig_rank"] for p in one["points"]]
