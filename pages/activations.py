@@ -5,12 +5,11 @@ import streamlit as st
 from PIL import ImageOps
 
 from cnnviz import activations as A
-from cnnviz import render, tokens
+from cnnviz import bounds, render, tokens
 from cnnviz.app import cache
 from cnnviz.app.clicks import new_click
 from cnnviz.app.router import selection
-from cnnviz.app.sidebar import IMAGE_TYPES
-from cnnviz.images import ImageError
+from cnnviz.app.sidebar import IMAGE_TYPES, take
 from cnnviz.pixels import png_bytes
 from cnnviz.app.url import restore
 from cnnviz.samples import sample_paths
@@ -207,26 +206,23 @@ if tab_depth.open:
 
 if tab_compare.open:
     with tab_compare:
-        second = st.file_uploader("A second image of your own (optional)", type=IMAGE_TYPES, key="act_upload",
-                                  max_upload_size=50)
-        upload_b = None
-        if second is not None:
-            try:
-                data_b = second.getvalue()
-                upload_b = (cache.image(cache.sha(data_b), data_b, second.name), cache.sha(data_b), second.name)
-            except ImageError as e:
-                st.error(str(e))
-        choices = (["upload"] if upload_b else []) + ["mirror"] + [
+        # The sidebar's intake, under a key of this page's own: checked the same way, kept
+        # once by the session (Streamlit's copy released), a bad file said and the old kept.
+        if take(st.file_uploader("A second image of your own (optional)", type=IMAGE_TYPES, key="act_upload",
+                                 max_upload_size=bounds.IMAGE_BYTES // bounds.MiB), "act_upload_seen", key="act_second"):
+            ss["act_other"] = "upload"  # a new upload is meant to be used
+        if ss.get("act_second_error"):
+            st.error(ss["act_second_error"])
+        kept = ss.get("act_second")
+        choices = (["upload"] if kept else []) + ["mirror"] + [
             n for n in sample_paths() if n != (ss.get("image") or {}).get("sample")]
-        if second is not None and upload_b and ss.get("act_upload_seen") != second.file_id:
-            ss["act_upload_seen"], ss["act_other"] = second.file_id, "upload"  # a new upload is meant to be used
         if ss.get("act_other") not in choices:
             ss["act_other"] = choices[0]
         other = st.selectbox("Second image", choices, key="act_other",
                              format_func=lambda n: {"mirror": "the same image, mirrored (handedness)",
-                                                    "upload": f"your upload: {second.name if second else ''}"}.get(n, f"sample: {n}"))
+                                                    "upload": f"your upload: {kept['name'] if kept else ''}"}.get(n, f"sample: {n}"))
         if other == "upload":
-            image_b, sha_b, label_b = upload_b
+            image_b, sha_b, label_b = cache.image(kept["sha"], kept["data"], kept["name"]), kept["sha"], kept["name"]
         elif other == "mirror":
             image_b, sha_b, label_b = ImageOps.mirror(sel.image), sel.image_sha + ":mirror", "mirrored"
         else:

@@ -4,6 +4,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from cnnviz import activations as A
+from cnnviz import bounds
 from cnnviz.images import load_image
 
 from .apptest import open_page
@@ -126,17 +127,31 @@ def test_view_changes_run_no_forward_pass(page, bundled):
         handle.remove()
 
 
-def test_compare_with_a_second_upload(page, bundled, samples):
+def test_compare_with_a_second_upload(page, bundled, samples, monkeypatch):
+    from cnnviz.app import sidebar
+
+    released = []
+    monkeypatch.setattr(sidebar, "_release", lambda *files: released.extend(files))
     open_tab(page, "Compare two images")
     data = samples["rocket"].read_bytes()
     page.file_uploader(key="act_upload").set_value(("mine.jpg", data, "image/jpeg")).run()
     assert not page.exception and page.selectbox(key="act_other").value == "upload"
     specs = [c.proto.spec for c in page.main.get("plotly_chart")]
     assert any("channel 0: mine.jpg" in s for s in specs)
+    # The session keeps the image once; Streamlit's copy of the upload is released (it would
+    # otherwise stay for the session's life), and the uploader reads back empty.
+    assert page.session_state["act_second"]["name"] == "mine.jpg"
+    assert [f.name for f in released] == ["mine.jpg"]
     page.file_uploader(key="act_upload").set_value(("bad.jpg", b"nope", "image/jpeg")).run()
     assert not page.exception
     assert any("bad.jpg is not an image" in e.value for e in page.main.error)
-    assert page.selectbox(key="act_other").value == "mirror"
+    # a bad file loses nothing: the earlier upload is still the second image
+    assert page.selectbox(key="act_other").value == "upload"
+    assert any("channel 0: mine.jpg" in c.proto.spec for c in page.main.get("plotly_chart"))
+    big = b"\xff" * (bounds.IMAGE_BYTES + 1)  # over the image limit: refused before it is even hashed
+    page.file_uploader(key="act_upload").set_value(("huge.jpg", big, "image/jpeg")).run()
+    assert not page.exception and any("huge.jpg" in e.value for e in page.main.error)
+    assert page.session_state["act_second"]["name"] == "mine.jpg"
 
 
 def test_the_page_records_only_the_layer_it_shows(page, bundled, monkeypatch):

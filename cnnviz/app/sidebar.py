@@ -99,24 +99,25 @@ def use_sample(name: str) -> None:
     st.session_state.pop("image_error", None)
 
 
-def use_upload(name: str, data: bytes) -> bool:
-    """Make an uploaded file the current image; on bad input keep the old one and
-    remember the message. Returns whether it was accepted. The session keeps what
-    rebuilds the image: the upload, or, when intake cropped or scaled it (`note`), the
-    smaller of the upload and a lossless copy of what it became."""
+def use_upload(name: str, data: bytes, key: str = "image") -> bool:
+    """Make an uploaded file the session's image under `key` (the current image, or a
+    page's own second image); on bad input keep the old one and remember the message
+    (`{key}_error`). Returns whether it was accepted. The session keeps what rebuilds the
+    image: the upload, or, when intake cropped or scaled it (`note`), the smaller of the
+    upload and a lossless copy of what it became."""
     try:
         images.check_size(len(data), name)  # before the bytes are even hashed
         sha = cache.sha(data)
         image = cache.image(sha, data, name)
     except ImageError as e:
-        st.session_state["image_error"] = str(e)
+        st.session_state[f"{key}_error"] = str(e)
         return False
     note = images.note(image)
     if note:
         small = png_bytes(image, fast=True)
         data = small if len(small) < len(data) else data
-    st.session_state["image"] = {"name": name, "data": data, "sha": sha, "sample": None, "note": note}
-    st.session_state.pop("image_error", None)
+    st.session_state[key] = {"name": name, "data": data, "sha": sha, "sample": None, "note": note}
+    st.session_state.pop(f"{key}_error", None)
     return True
 
 
@@ -290,15 +291,16 @@ def _release(*uploads: UploadedFile | None) -> None:
 
 # ---------------------------------------------------------------- image
 
-def take(file, seen_key: str, name: str | None = None) -> None:
-    """A new file from an uploader or the camera becomes the image (`use_upload`: the same
-    checks for both, a bad one says why and keeps the old image), once per file."""
+def take(file, seen_key: str, name: str | None = None, key: str = "image") -> bool:
+    """A new file from an uploader or the camera becomes the session's image under `key`
+    (`use_upload`: the same checks for every uploader, a bad one says why and keeps the old
+    image), once per file; whether a new one was accepted."""
     ss = st.session_state
     if file is None or file.file_id == ss.get(seen_key):
-        return
+        return False
     ss[seen_key] = file.file_id
     try:
-        use_upload(name or file.name, file.getvalue())
+        return use_upload(name or file.name, file.getvalue(), key)
     finally:
         _release(file)  # the session keeps what use_upload kept, not Streamlit's copy
 
