@@ -6,6 +6,7 @@ from cnnviz.app import cache
 from cnnviz.app.clicks import new_click
 from cnnviz.app.lecture import Track, big_type, is_on, nav
 from cnnviz.app.router import selection
+from cnnviz.app.sidebar import comparable
 from cnnviz.app.url import note, restore, restore_number, shown
 from cnnviz.contract import CnnvizError
 from cnnviz.predict import PredictSpec
@@ -93,8 +94,7 @@ def _presets(demo: str) -> list[str]:
 BESIDE = bounds.LIMITS_MODELS - 1
 catalog = {e.id: e for e in models.catalog()}
 # Offered: what loads without the network (the bundled model, cached zoo models, the untrained twins).
-offered = {i: e.label + (" · untrained (random weights)" if e.source == "random" else "")
-           for i, e in catalog.items() if e.available and i != model.id}
+offered = comparable(model.id)
 
 
 def _listed(ids, most: int = 3) -> str:

@@ -11,6 +11,7 @@ from cnnviz import render, tokens
 from cnnviz.app import cache
 from cnnviz.app.clicks import new_click
 from cnnviz.app.router import selection
+from cnnviz.app.sidebar import comparable
 from cnnviz.app.url import note, restore, shown
 from cnnviz.contract import CnnvizError
 from cnnviz.pixels import png_bytes
@@ -64,8 +65,7 @@ if ss.get("rf_layer") not in named:
     ss["rf_layer"] = table.default_layer()
 
 # The depth chart's second model: the models the sidebar offers (a link may name any other).
-others = {e.id: e.label + (" · untrained" if e.source == "random" else "")
-          for e in models.catalog() if e.available and e.id != model.id}
+others = comparable(model.id)
 if restore("rf_compare", "compare", lambda v: v in others,
            why="not one of the models this page can compare with now (pick one under Architecture)"):
     ss["rf_compare_on"] = True

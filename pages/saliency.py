@@ -12,6 +12,7 @@ from cnnviz import trust
 from cnnviz.app import cache
 from cnnviz.app.clicks import new_click
 from cnnviz.app.router import selection
+from cnnviz.app.sidebar import comparable
 from cnnviz.app.url import restore, restore_number
 from cnnviz.contract import CnnvizError
 from cnnviz.predict import PredictSpec, top_k
@@ -109,8 +110,7 @@ def _partners() -> dict[str, str]:
     """Second models for the comparison: the picker's (untrained twins included, pretrained
     ones whether or not their weights are here), and an id a link names that the sidebar
     would load too (with its twin)."""
-    out = {e.id: e.label + {"bundled": " · bundled", "random": " · untrained (random weights)"}.get(
-        e.source, "" if e.available else " · weights not downloaded") for e in models.catalog()}
+    out = comparable(model.id, cached_only=False)
     wanted = qp.get("compare")
     if wanted not in out and models.servable(wanted):
         for i in (wanted, wanted.removesuffix("@random") + "@random"):

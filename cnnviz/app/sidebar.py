@@ -126,6 +126,15 @@ def _catalog() -> dict[str, models.Entry]:
     return {e.id: e for e in models.catalog()}
 
 
+def comparable(exclude: str, *, cached_only: bool = True) -> dict[str, str]:
+    """The models a page may set beside the selected one (`exclude`), labelled for its
+    picker: those that load now (bundled, untrained twins, cached weights), or with
+    `cached_only=False` every pretrained one too (the page then says how to fetch it)."""
+    return {i: e.label + (" · untrained (random weights)" if e.source == "random"
+                          else "" if e.available else " · weights not downloaded")
+            for i, e in _catalog().items() if i != exclude and (e.available or not cached_only)}
+
+
 # ---------------------------------------------------------------- model
 
 def _model_label(entry: models.Entry | None, own: dict | None, model_id: str) -> str:
