@@ -2,8 +2,8 @@ import streamlit as st
 
 from cnnviz import tokens
 from cnnviz.app import cache
+from cnnviz.app.pages import pages
 from cnnviz.app.router import selection
-from cnnviz.render import topk_bar
 
 sel = selection()
 model = sel.model
@@ -28,7 +28,11 @@ with left:
              width="stretch")
 with right:
     st.subheader("Top-5 classes")
-    st.plotly_chart(topk_bar(sel.top(5)), key="top5", config={"displaylogo": False})
+    # Streamlit's own bars, not a Plotly figure: Home is the page a whole class opens at
+    # once, and Plotly's script doubled each browser's work to load it (ARCHITECTURE:
+    # "A class on one server").
+    for t in sel.top(5):
+        st.progress(float(t.prob), text=f"{t.label}: {t.prob:.1%}")
     st.caption(
         f"The image is resized to {model.resize_size} pixels, centre-cropped to "
         f"{model.input_size[0]}x{model.input_size[1]} and normalized as the model was trained; "
@@ -49,16 +53,15 @@ c4.metric("Classes", len(model.categories))
 
 st.subheader("Explore")
 links = {
-    "pages/activations.py": "What each layer computes, channel by channel.",
-    "pages/filters.py": "The learned filters, and images that excite a unit most." if kind is None else
-                        "The patch embedding's filters, and images that excite a unit most.",
-    "pages/receptive_fields.py": "How much of the image one unit can see.",
-    "pages/saliency.py": "Which pixels drove the decision (Grad-CAM and friends).",
-    "pages/adversarial.py": "Invisible noise that changes the answer.",
-    "pages/limits.py": "Rotation, scale, mirror, occlusion: where CNNs break." if kind is None else
-                       "Rotation, scale, mirror, occlusion: where CNNs break, and whether a transformer does too.",
+    "activations": "What each layer computes, channel by channel.",
+    "filters": "The learned filters, and images that excite a unit most." if kind is None else
+               "The patch embedding's filters, and images that excite a unit most.",
+    "receptive_fields": "How much of the image one unit can see.",
+    "saliency": "Which pixels drove the decision (Grad-CAM and friends).",
+    "adversarial": "Invisible noise that changes the answer.",
+    "limits": "Rotation, scale, mirror, occlusion: where CNNs break." if kind is None else
+              "Rotation, scale, mirror, occlusion: where CNNs break, and whether a transformer does too.",
 }
-for path, text in links.items():
-    a, b = st.columns([1, 3])
-    a.page_link(path)
-    b.markdown(text)
+for page in pages():  # one link each, the page's own title and icon: one element, not a row of columns
+    if page.url_path in links:
+        st.page_link(page, label=f"**{page.title}**: {links[page.url_path]}")

@@ -40,8 +40,13 @@ def png_bytes(color=(200, 30, 30), size=(64, 48)) -> bytes:
 def test_home_shows_prediction_chart_and_facts(app, bundled, samples):
     top1 = predict(bundled, load_image(samples["cat"]), 1)[0]
     assert said(app) == (top1.label, f"{top1.prob:.1%} confident")
-    charts = [e for e in app.main.get("plotly_chart")]
-    assert len(charts) == 1 and top1.label in charts[0].proto.spec
+    top5 = predict(bundled, load_image(samples["cat"]), 5)
+    bars = app.main.get("progress")  # the top-5 as Streamlit's bars, most likely first
+    assert [b.proto.text for b in bars] == [f"{t.label}: {t.prob:.1%}" for t in top5]
+    assert all(abs(b.proto.value - 100 * t.prob) <= 1 for b, t in zip(bars, top5))  # Streamlit's integer percent
+    links = [e.proto for e in app.main.get("page_link")]
+    assert [ln.label.split("**")[1] for ln in links] == ["Activations", "Filters", "Receptive fields", "Saliency",
+                                                         "Adversarial", "CNN limits"]
     facts = {m.label: m.value for m in app.main.metric}
     assert facts == {"Parameters": "4.7 M", "Input size": "224 x 224", "Layers": str(len(bundled.layers)), "Classes": "1000"}
     assert not app.error
@@ -49,7 +54,7 @@ def test_home_shows_prediction_chart_and_facts(app, bundled, samples):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "assets" / "samples").iterdir() if p.suffix != ".md"))
 def test_each_sample(app, bundled, samples, name):
-    app.sidebar.button(key=f"sample_{name}").click().run()
+    app.sidebar.pills(key="sample_pick").set_value(name).run()
     assert not app.exception
     top1 = predict(bundled, load_image(samples[name]), 1)[0]
     assert said(app)[0] == top1.label
@@ -59,7 +64,7 @@ def test_each_sample(app, bundled, samples, name):
 
 @pytest.mark.parametrize("page", PAGE_FILES)
 def test_every_page_renders_and_keeps_the_choice(app, page):
-    app.sidebar.button(key="sample_coffee").click().run()
+    app.sidebar.pills(key="sample_pick").set_value("coffee").run()
     before = said(app)
     app.switch_page(page).run()
     assert not app.exception and not app.error
@@ -133,6 +138,7 @@ def test_own_checkpoint_with_labels(app):
     net = torchvision.models.resnet18(weights=None, num_classes=3)
     buf = io.BytesIO()
     torch.save(net.state_dict(), buf)
+    app.sidebar.toggle(key="own_on").set_value(True).run()  # the "Use your own weights" switch
     app.sidebar.file_uploader(key="own_weights").set_value(("mine.pth", buf.getvalue(), "application/octet-stream"))
     app.sidebar.file_uploader(key="own_labels").set_value(("labels.txt", b"apple\nbanana\ncherry\n", "text/plain"))
     app.sidebar.selectbox(key="own_arch").set_value("resnet18")
@@ -147,6 +153,7 @@ def test_own_checkpoint_with_labels(app):
 def test_own_checkpoint_that_does_not_fit(app):
     buf = io.BytesIO()
     torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(), buf)
+    app.sidebar.toggle(key="own_on").set_value(True).run()  # the "Use your own weights" switch
     app.sidebar.file_uploader(key="own_weights").set_value(("wrong.pth", buf.getvalue(), "application/octet-stream")).run()
     assert app.sidebar.selectbox(key="own_arch").value == "resnet18"  # the usual fine-tuning base
     [b for b in app.sidebar.button if b.label == "Load weights"][0].click().run()

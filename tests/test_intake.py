@@ -293,7 +293,9 @@ def app():
 
 
 def load_own(at, weights: bytes, name="mine.pth", labels: bytes | None = None, arch="resnet18"):
-    """The sidebar form as a user fills it: the uploads, the architecture, the button."""
+    """The sidebar form as a user fills it: the switch, the uploads, the architecture, the button."""
+    if not at.sidebar.toggle(key="own_on").value:
+        at.sidebar.toggle(key="own_on").set_value(True).run()
     n = at.session_state.get("own_uploads", 0)
     wkey, lkey = ("own_weights", "own_labels") if n == 0 else (f"own_weights_{n}", f"own_labels_{n}")
     at.sidebar.file_uploader(key=wkey).set_value((name, weights, "application/octet-stream"))

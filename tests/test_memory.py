@@ -247,7 +247,7 @@ def test_decoded_images_and_thumbnails_are_bounded_in_bytes(monkeypatch, samples
     assert cache.IMAGES.total <= cache.IMAGES.budget and len(cache.IMAGES) == 2
     monkeypatch.setattr(cache.THUMBNAILS, "budget", 1)  # nothing fits: made, returned, not kept
     cache.THUMBNAILS.clear()
-    assert cache.thumbnail(str(samples["cat"]))[:2] == b"\xff\xd8" and len(cache.THUMBNAILS) == 0
+    assert cache.thumbnails((str(samples["cat"]),))[:2] == b"\xff\xd8" and len(cache.THUMBNAILS) == 0
     cache.IMAGES.clear()
 
 
@@ -331,6 +331,8 @@ def _checkpoint(classes: int, seed: int = 0) -> bytes:
 
 
 def _load_own(at: AppTest, data: bytes, name: str = "mine.pth") -> None:
+    if not at.sidebar.toggle(key="own_on").value:  # the "Use your own weights" switch
+        at.sidebar.toggle(key="own_on").set_value(True).run()
     n = at.session_state["own_uploads"] if "own_uploads" in at.session_state else 0
     key = "own_weights" if n == 0 else f"own_weights_{n}"  # the uploader comes back empty under a new key
     at.sidebar.file_uploader(key=key).set_value((name, data, "application/octet-stream"))

@@ -162,15 +162,19 @@ def image(sha: str, _data: bytes, name: str) -> Image.Image:
     return IMAGES.get_or_make((sha, name), lambda: load_image(_data, name))
 
 
-def thumbnail(path: str, size: int = 128) -> bytes:
-    """A square, centre-cropped thumbnail, so the picker's grid lines up."""
+def thumbnails(paths: tuple[str, ...], cols: int = 3, size: int = 128, gap: int = 6) -> bytes:
+    """The images as one JPEG grid of square, centre-cropped thumbnails, `cols` to a row:
+    the sample picker's strip, one image (and one media file) per rerun instead of one each."""
     def make() -> bytes:
-        im = ImageOps.fit(load_image(path), (size, size))
+        rows = -(-len(paths) // cols)
+        sheet = Image.new("RGB", (cols * size + (cols - 1) * gap, rows * size + (rows - 1) * gap), "white")
+        for i, path in enumerate(paths):
+            sheet.paste(ImageOps.fit(load_image(path), (size, size)), ((i % cols) * (size + gap), (i // cols) * (size + gap)))
         buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=85)
+        sheet.save(buf, "JPEG", quality=85)
         return buf.getvalue()
 
-    return THUMBNAILS.get_or_make((path, size), make)
+    return THUMBNAILS.get_or_make((paths, cols, size, gap), make)
 
 
 def display_jpeg(sha: str, image: Image.Image, side: int = 1460) -> bytes:

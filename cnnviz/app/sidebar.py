@@ -99,6 +99,13 @@ def use_sample(name: str) -> None:
     st.session_state.pop("image_error", None)
 
 
+def _pick_sample() -> None:
+    """The sample pills' callback. Clicking the chosen one again deselects it: nothing changes."""
+    name = st.session_state.get("sample_pick")
+    if name:
+        use_sample(name)
+
+
 def use_upload(name: str, data: bytes, key: str = "image") -> bool:
     """Make an uploaded file the session's image under `key` (the current image, or a
     page's own second image); on bad input keep the old one and remember the message
@@ -221,7 +228,8 @@ def _model_picker() -> models.Model:
 def _own_model_form() -> None:
     ss = st.session_state
     weights_key, labels_key = _own_upload_keys()
-    with st.expander("Use your own weights"):
+    # A switch, not an expander: a folded expander still sends its form on every rerun.
+    if st.toggle("Use your own weights", key="own_on", help="Load a fine-tuned state dict"):
         st.caption(
             "A state dict (`torch.save(model.state_dict(), ...)` or safetensors) of a "
             "torchvision architecture, e.g. fine-tuned on your classes. Only tensors are read. "
@@ -317,14 +325,15 @@ def take(file, seen_key: str, name: str | None = None, key: str = "image") -> bo
 def _image_picker() -> None:
     ss = st.session_state
     current = ss["image"].get("sample")
-    cols = st.columns(3)
-    for i, (name, path) in enumerate(sample_paths().items()):
-        with cols[i % 3]:
-            st.image(cache.thumbnail(str(path)), width="stretch")
-            st.button(
-                name, key=f"sample_{name}", on_click=use_sample, args=(name,),
-                type="primary" if name == current else "tertiary", width="stretch",
-            )
+    # One strip of thumbnails and one row of names: two elements, not a grid of 9 images and
+    # 9 buttons. Every element is a message on every rerun of every page, and with a class
+    # on one server those messages are what the server's event loop waits behind
+    # (ARCHITECTURE: "A class on one server").
+    paths = sample_paths()
+    st.image(cache.thumbnails(tuple(map(str, paths.values()))), width="stretch")
+    ss["sample_pick"] = current  # follows uploads and links; a click picks before the run
+    st.pills("Samples", list(paths), key="sample_pick", label_visibility="collapsed",
+             on_change=_pick_sample)
     take(st.file_uploader("Or upload an image", type=IMAGE_TYPES, key="upload",
                           max_upload_size=bounds.IMAGE_BYTES // bounds.MiB), "upload_seen")
     # The camera only when asked for: a camera widget on every page would ask every browser
