@@ -158,3 +158,27 @@ def test_two_sessions_keeping_the_same_upload_share_one_copy():
         assert cache.own_model(key) is first
     finally:
         cache.OWN_MODELS.clear()
+
+
+def test_a_progress_bar_redraws_at_most_every_quarter_second(monkeypatch):
+    """A 100-step PGD reported ~19 times a second: each report was a message to the browser."""
+    clock, draws = [100.0], []
+
+    class Slot:
+        def progress(self, fraction, text=""):
+            draws.append((clock[0], fraction))
+
+        def empty(self):
+            draws.append((clock[0], "removed"))
+
+    monkeypatch.setattr(cache.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(cache.st, "empty", Slot)
+    with cache.progress_bar("PGD:") as progress:
+        for step in range(1, 101):  # 100 reports, 62.5 ms apart (exact in binary): 6.25 s
+            progress(step / 100, f"step {step}")
+            clock[0] += 0.0625
+    times = [t for t, f in draws if f != "removed"]
+    assert draws[0] == (100.0, 0.01)  # the first report is drawn at once
+    assert draws[-2][1] == 1.0 and draws[-1][1] == "removed"  # 100% is drawn, then the bar goes
+    assert all(b - a >= cache.DRAW_EVERY_S - 1e-9 for a, b in zip(times[:-2], times[1:-1]))
+    assert len(times) == 26  # every 4th report (0.25 s): steps 1, 5, ..., 97, and the last

@@ -20,6 +20,7 @@ import hashlib
 import io
 import pickle
 import threading
+import time
 
 import streamlit as st
 from PIL import Image, ImageOps
@@ -43,15 +44,23 @@ _RUNNING: dict = {}
 _RUNNING_LOCK = threading.Lock()
 
 
+DRAW_EVERY_S = 0.25  # a progress bar redrawn more often is work for the browser and the event loop, not news
+
+
 @contextlib.contextmanager
 def progress_bar(label: str = ""):
     """A progress bar, drawn where this is entered on the first report (a cache hit draws
     nothing). Yields a `Progress` (the job's own text after `label`); the bar is removed
-    when done."""
-    slot = None
+    when done. It redraws at most every `DRAW_EVERY_S` (and at 100%): a 100-step PGD
+    reported ~19 times a second, each a message to the browser."""
+    slot, drawn = None, -DRAW_EVERY_S
 
     def show(fraction: float, text: str, _preview) -> None:
-        nonlocal slot
+        nonlocal slot, drawn
+        now = time.monotonic()
+        if now - drawn < DRAW_EVERY_S and fraction < 1:
+            return
+        drawn = now
         if slot is None:
             slot = st.empty()
         slot.progress(fraction, text=" ".join(t for t in (label, text or f"{fraction:.0%}") if t))
