@@ -15,8 +15,8 @@ heavy job by URL (Score-CAM on Saliency, 100-step PGD on Adversarial, a 512-step
 visualization on Filters, in turn) and wait for it. Sessions start together (a gate), every
 wait has a timeout, and a global --deadline bounds the run.
 
-Prints p50/p95/max of upload->top-5 (and of upload->the server's "script finished" message:
-the server's share), page load and page switch->settled, failures, cross-session mixing
+Prints p50/p95/max of upload->top-5 (and of upload->the server's "script finished" message,
+and of the page's rerun request->that message: the server's own part), page load and page switch->settled, failures, cross-session mixing
 (a session that ever shows another file name, or a prediction other than its own), the
 server's peak RSS (VmHWM, summed over replicas and their heavy-job worker processes) and CPU
 seconds (utime+stime of the Streamlit processes, per session for page load plus upload; the
@@ -234,6 +234,20 @@ def cpu_split(before: dict, after: dict) -> dict[str, float]:
     return {k: round(v, 2) for k, v in out.items()}
 
 
+def rerun_request(frame) -> bool:
+    """Whether a websocket frame from the browser asks the server to run the script."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+
+    if not isinstance(frame, bytes):
+        return False
+    msg = BackMsg()
+    try:
+        msg.ParseFromString(frame)
+    except Exception:  # not a BackMsg: not a request
+        return False
+    return msg.WhichOneof("type") == "rerun_script"
+
+
 def script_finished(frame) -> bool:
     """Whether a websocket frame from the server is its "script run finished" message: the
     server's part of an upload is over, the rest is the browser drawing it."""
@@ -278,7 +292,8 @@ class Run:
         self.loaded = Gate(args.sessions)
         self.uploaded = Gate(args.sessions)
         self.upload_s, self.load_s, self.switch_s, self.heavy_s = [], [], [], []
-        self.served_s = []  # upload -> the server's script_finished: its own share of upload_s
+        self.served_s = []  # upload -> the server's script_finished message
+        self.answer_s = []  # the page's rerun request -> that message: the server's own share
         self.failures, self.mixing, self.replicas = [], [], {}
         self.private = {p.name for p, _ in images}
 
@@ -311,9 +326,10 @@ class Run:
         step = "start"
         try:
             page = await ctx.new_page()
-            finished = []  # when the server said each script run was over
-            page.on("websocket", lambda ws: ws.on("framereceived", lambda f: finished.append(time.monotonic())
-                                                  if script_finished(f) else None))
+            finished, asked = [], []  # when the server said each run was over; when the page asked for one
+            page.on("websocket", lambda ws: (
+                ws.on("framereceived", lambda f: finished.append(time.monotonic()) if script_finished(f) else None),
+                ws.on("framesent", lambda f: asked.append(time.monotonic()) if rerun_request(f) else None)))
             await self.start.wait(who, self.left(60))
             step = "load"
             t = time.monotonic()
@@ -330,14 +346,11 @@ class Run:
             await self.loaded.wait(who, self.left(self.args.timeout))
             step = "upload"
             inp = page.locator(".st-key-upload").get_by_test_id("stFileUploaderDropzoneInput")
-            t = time.monotonic()
+            t = t_upload = time.monotonic()
             await inp.set_input_files(str(path), timeout=self.left(self.args.timeout) * 1000)
             await page.wait_for_function(SHOWS_JS, arg=[label, name], polling=100,
                                          timeout=self.left(self.args.timeout) * 1000)
             self.upload_s.append(time.monotonic() - t)
-            after = [f for f in finished if f > t]
-            if after:
-                self.served_s.append(after[0] - t)
             self.check(who, await page.evaluate(SEEN_JS), name, label)
             await self.uploaded.wait(who, self.left(self.args.timeout))
             for link, heading in (("Activations", "Activations"), ("Home", "Top-5 classes")):
@@ -350,6 +363,12 @@ class Run:
                 self.switch_s.append(time.monotonic() - t)
                 self.check(who, await page.evaluate(SEEN_JS), name, label)
             step = "final check"
+            after = [f for f in finished if f > t_upload]  # read last: its event may come after the page showed it
+            if after:
+                self.served_s.append(after[0] - t_upload)
+                request = [a for a in asked if t_upload < a < after[0]]
+                if request:  # the last request before it: the run that finished
+                    self.answer_s.append(after[0] - request[-1])
             if not await page.evaluate(SHOWS_JS, [label, name]):
                 raise AssertionError(f"Home no longer shows {name} / {label}: {await page.evaluate(SEEN_JS)}")
         except Exception as e:  # one session's failure is a result, not the end of the run
@@ -457,6 +476,7 @@ async def drive(args, server, images, heavy_samples) -> dict:
     return {
         "rows": [{"measure": "upload->top-5 s", **stats(run.upload_s)},
                  {"measure": "upload->server's run finished s", **stats(run.served_s)},
+                 {"measure": "rerun request->run finished s (the server's part)", **stats(run.answer_s)},
                  {"measure": "page load s", **stats(run.load_s)},
                  {"measure": "switch->settled s", **stats(run.switch_s)},
                  {"measure": "heavy job s", **stats([h["s"] for h in run.heavy_s])}],
