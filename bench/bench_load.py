@@ -51,6 +51,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import report  # noqa: E402
+from streamlit.proto.BackMsg_pb2 import BackMsg  # noqa: E402
+from streamlit.proto.ForwardMsg_pb2 import ForwardMsg  # noqa: E402
 from tests.idle import wait_idle_async as wait_idle  # noqa: E402  (the browser tests' own rule)
 
 CHROMIUM = "/usr/bin/chromium"
@@ -234,33 +236,18 @@ def cpu_split(before: dict, after: dict) -> dict[str, float]:
     return {k: round(v, 2) for k, v in out.items()}
 
 
-def rerun_request(frame) -> bool:
-    """Whether a websocket frame from the browser asks the server to run the script."""
-    from streamlit.proto.BackMsg_pb2 import BackMsg
-
+def message_type(frame, proto) -> str | None:
+    """The type of a Streamlit websocket frame parsed as `proto` (ForwardMsg from the server,
+    BackMsg from the browser): "script_finished" says the server's part of a run is over,
+    "rerun_script" that the page asked for one. None: not such a message."""
     if not isinstance(frame, bytes):
-        return False
-    msg = BackMsg()
+        return None
+    msg = proto()
     try:
         msg.ParseFromString(frame)
-    except Exception:  # not a BackMsg: not a request
-        return False
-    return msg.WhichOneof("type") == "rerun_script"
-
-
-def script_finished(frame) -> bool:
-    """Whether a websocket frame from the server is its "script run finished" message: the
-    server's part of an upload is over, the rest is the browser drawing it."""
-    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
-
-    if not isinstance(frame, bytes):
-        return False
-    msg = ForwardMsg()
-    try:
-        msg.ParseFromString(frame)
-    except Exception:  # not a ForwardMsg: not the one we wait for
-        return False
-    return msg.WhichOneof("type") == "script_finished"
+    except Exception:  # not a message of this kind
+        return None
+    return msg.WhichOneof("type")
 
 
 # ---------------------------------------------------------------- sessions
@@ -328,8 +315,10 @@ class Run:
             page = await ctx.new_page()
             finished, asked = [], []  # when the server said each run was over; when the page asked for one
             page.on("websocket", lambda ws: (
-                ws.on("framereceived", lambda f: finished.append(time.monotonic()) if script_finished(f) else None),
-                ws.on("framesent", lambda f: asked.append(time.monotonic()) if rerun_request(f) else None)))
+                ws.on("framereceived", lambda f: finished.append(time.monotonic())
+                      if message_type(f, ForwardMsg) == "script_finished" else None),
+                ws.on("framesent", lambda f: asked.append(time.monotonic())
+                      if message_type(f, BackMsg) == "rerun_script" else None)))
             await self.start.wait(who, self.left(60))
             step = "load"
             t = time.monotonic()
