@@ -330,7 +330,7 @@ class Run:
             # its top-5 drawn and its renderer idle (otherwise the upload's figure is the rest
             # of 30 page loads drawing on the same 2 cores).
             await wait_idle(page, self.left(self.args.timeout))
-            await page.get_by_test_id("stProgress").nth(4).wait_for(timeout=self.left(self.args.timeout) * 1000)
+            await page.locator(".cnnviz-topk-row").nth(4).wait_for(timeout=self.left(self.args.timeout) * 1000)
             await page.evaluate(IDLE_JS, int(self.left(self.args.timeout) * 1000))
             await self.loaded.wait(who, self.left(self.args.timeout))
             step = "upload"

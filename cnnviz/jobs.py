@@ -8,8 +8,10 @@
   steps): refused with an `OverBudget` error saying the cost and the limit, after the
   spec's own `check` and before anything runs.
 - **Short jobs** (at most `SHORT_PASSES` images: a prediction, a Grad-CAM, one
-  recording) run on the shared model under its lock. They are what every session
-  does on every click, and a few passes is what anyone waits behind.
+  recording) run on the shared model under its lock; a served app runs them on one
+  torch thread, in worker processes of their own at the server's priority (see
+  `Runner.serve()`). They are what every session does on every click, and a few passes
+  is what anyone waits behind.
 - **Heavy jobs** (more passes: Score-CAM, Integrated Gradients, SmoothGrad, occlusion,
   PGD, sweeps, feature visualization, trust checks) run on `Model.private_copy()`:
   their own modules and lock over the shared weights, so no other session waits for
@@ -26,7 +28,8 @@
   visualization: a stopped gallery keeps the channels it finished) says so with
   `RUNS_IN_PROCESS = True` and gets the thread.
 
-The runner fills in the result's `model` and `seconds` (compute only, not queueing).
+The runner fills in the result's `model` and `seconds` (compute only, not queueing
+or the pipes to a worker).
 A `Progress` that is stopped makes the job raise `Cancelled` within one batch.
 """
 from __future__ import annotations
@@ -151,30 +154,51 @@ class Runner:
     torch threads of a short job (None: torch's default, every core; the server sets 1)."""
 
     def __init__(self, heavy_slots: int | None = None, heavy_threads: int | None = None,
-                 short_threads: int | None = None):
+                 short_threads: int | None = None, short_workers: int | None = None):
         cores = os.cpu_count() or 1
         self.short_threads = short_threads
+        self.short_workers = short_workers or max(1, cores // 4)
         self.heavy_slots = heavy_slots or max(1, cores // 4)
         # Leave a core to the short jobs of every other session.
         self.heavy_threads = heavy_threads or max(1, (cores - 1) // self.heavy_slots)
-        self.pool: workers.Pool | None = None  # heavy jobs in worker processes: see serve()
+        # Worker processes (see serve()): heavy jobs in `pool`, short ones in `short_pool`.
+        self.pool: workers.Pool | None = None
+        self.short_pool: workers.Pool | None = None
         self._cond = threading.Condition()
         self._running = 0
         self._queue: list[object] = []
 
     def serve(self) -> None:
-        """How a served app runs jobs (app.py calls it on every run; it acts once): short
-        jobs on one torch thread, since the sessions are the parallelism (with torch's
-        default, every core, each script thread's OpenMP team spins on cores other
-        sessions and the browsers need: an upload cost the server 0.88 s of CPU that way
-        and 0.18 s on one thread, 2-core machine); heavy jobs in worker processes, started
-        now, unless `CNNVIZ_JOB_PROCESSES=0` (then on threads, as elsewhere)."""
+        """How a served app runs jobs (app.py calls it on every run; it acts once): every
+        job in a worker process, started now, unless `CNNVIZ_JOB_PROCESSES=0` (then on this
+        process's threads, as elsewhere, short jobs on one torch thread each).
+
+        - Heavy jobs: `heavy_slots` workers at the lowest priority.
+        - Short jobs: `short_workers` workers at the server's priority, one torch thread
+          each, since the sessions are the parallelism (with torch's default, every core,
+          an upload cost the server 0.88 s of CPU and 0.18 s on one thread, 2-core
+          machine). Not on the sessions' script threads: a forward pass gives up the
+          interpreter lock in each of its ~150 operations and waits its turn to take it
+          back, behind the event loop and every other session's script: 30 sessions
+          uploading at once made each prediction of the bundled model ~110 ms (25 ms
+          alone); beside two busy Python threads it took 490 ms there and 35 ms in a
+          worker (ARCHITECTURE: "A class on one server")."""
         self.short_threads = 1
         if self.pool is None and os.environ.get("CNNVIZ_JOB_PROCESSES", "1") != "0":
             with self._cond:
                 if self.pool is None:
+                    self.short_pool = workers.Pool(self.short_workers, 1, 0)
+                    self.short_pool.start()
                     self.pool = workers.Pool(self.heavy_slots, self.heavy_threads, HEAVY_NICE)
                     self.pool.start()
+
+    def close(self) -> None:
+        """Stop the worker processes (a served app's end, tests); jobs then run here."""
+        with self._cond:
+            for pool in (self.pool, self.short_pool):
+                if pool is not None:
+                    pool.close()
+            self.pool = self.short_pool = None
 
     def is_heavy(self, model, spec: Spec, image=None) -> bool:
         return cost(model, image, spec) > SHORT_PASSES
@@ -184,15 +208,19 @@ class Runner:
         spec = spec.check(model)
         n = check_budget(model, image, spec)  # before anything runs
         analysis = analysis_of(spec)
+        here = getattr(analysis, "RUNS_IN_PROCESS", False)
         if n <= SHORT_PASSES:
-            threads = torch_threads(self.short_threads) if self.short_threads else contextlib.nullcontext()
-            with model.lock, threads:
-                t = time.perf_counter()
-                result = analysis.run(model, image, spec, progress=progress)
+            if self.short_pool is not None and not here:
+                result = self.short_pool.run(model, image, spec, analysis.__name__, progress)
+            else:
+                threads = torch_threads(self.short_threads) if self.short_threads else contextlib.nullcontext()
+                with model.lock, threads:
+                    t = time.perf_counter()
+                    result = analysis.run(model, image, spec, progress=progress)
+                    result.seconds = time.perf_counter() - t
         else:
             with self.slot(progress):
-                t = time.perf_counter()
-                if self.pool is not None and not getattr(analysis, "RUNS_IN_PROCESS", False):
+                if self.pool is not None and not here:
                     result = self.pool.run(model, image, spec, analysis.__name__, progress)
                 else:
                     twin = model.private_copy()
@@ -201,8 +229,9 @@ class Runner:
                         with twin.lock:
                             return analysis.run(twin, image, spec, progress=p)
 
+                    t = time.perf_counter()
                     result = in_background(job, progress, self.heavy_threads, HEAVY_NICE)
-        result.seconds = time.perf_counter() - t
+                    result.seconds = time.perf_counter() - t
         result.model = model.id
         return result
 

@@ -1,9 +1,31 @@
-"""Figures: Plotly for what users hover and click; PIL for image overlays."""
+"""Figures: Plotly for what users hover and click; PIL for image overlays; static HTML for
+Home's top-5, which every browser of a class draws at once."""
 from __future__ import annotations
+
+import html
 
 import plotly.graph_objects as go
 
 from .predict import Top
+
+
+TOPK_COLOUR = "#ff4b4b"  # the light theme's primary colour, as Streamlit's own bars
+
+
+def topk_html(top: list[Top]) -> str:
+    """The top-k as labelled bars, most likely first, in one static HTML block (`st.html`):
+    no script and no animation. Five `st.progress` bars were five elements whose widths
+    animate, each drawn again on every rerun; on Home, the page a whole class opens at
+    once, this one block cut a browser's work per upload by a third (ARCHITECTURE: "A
+    class on one server"). Labels may come from an uploaded labels file: escaped."""
+    rows = "".join(
+        f'<div class="cnnviz-topk-row" data-index="{t.index}" data-p="{t.prob:.6f}" style="margin:0 0 0.45rem">'
+        f'<div>{html.escape(t.label)}: {t.prob:.1%}</div>'
+        '<div style="background:rgba(151,166,195,0.25);height:0.5rem;border-radius:0.25rem">'
+        f'<div style="background:{TOPK_COLOUR};height:100%;border-radius:0.25rem;width:{100 * t.prob:.2f}%"></div>'
+        "</div></div>"
+        for t in top)
+    return f'<div class="cnnviz-topk">{rows}</div>'
 
 
 def topk_bar(top: list[Top], title: str | None = None) -> go.Figure:

@@ -1,10 +1,12 @@
-"""Heavy jobs in worker processes: their own interpreter, at a lower OS priority.
+"""Jobs in worker processes: their own interpreter lock (and, for heavy jobs, a lower OS priority).
 
 A served app runs every session's script in a thread of one Python process. A heavy job
 on another thread of that process, even at a lower OS priority, still shares the
 interpreter lock: whenever the OS sets the low-priority thread aside while it holds the
 lock (which a contended machine does all the time), every session's click waits for it.
-A worker process has its own lock, so a click waits for nothing but the cores.
+A worker process has its own lock, so a click waits for nothing but the cores. Short
+jobs go to workers of their own for the converse reason: a forward pass on a script
+thread waits for the lock after each operation, behind every other session's script.
 
 `Pool(size, threads, nice).run(model, image, spec, module, progress)` runs
 `module.run(model, image, spec, progress=...)` in one of `size` long-lived workers
@@ -73,6 +75,8 @@ class Worker:
     def start(self) -> None:
         to_worker_r, to_worker_w = os.pipe()
         to_server_r, to_server_w = os.pipe()
+        for fd in (to_worker_w, to_server_w):
+            _widen(fd)
         cmd = [sys.executable, "-m", "cnnviz.workers", str(to_worker_r), str(to_server_w),
                str(self.threads), str(self.nice)]
         # The worker imports the very cnnviz this process runs, wherever it was started.
@@ -89,7 +93,6 @@ class Worker:
             os.close(to_server_w)
         self.send_conn = Connection(to_worker_w, readable=False)
         self.recv_conn = Connection(to_server_r, writable=False)
-        self.models: collections.OrderedDict = collections.OrderedDict()
 
     @property
     def alive(self) -> bool:
@@ -116,7 +119,7 @@ class Worker:
         code = self.proc.wait() if self.proc is not None else None
         self.close()
         why = " (out of memory?)" if code in (-signal.SIGKILL, 137) else ""
-        return WorkerDied(f"The long job stopped: its worker process ended{why} (exit status {code}). "
+        return WorkerDied(f"The job stopped: its worker process ended{why} (exit status {code}). "
                           "Nothing else was affected; try again, or ask for a smaller job.")
 
     def run(self, model, image, spec, module: str, progress: Progress):
@@ -176,36 +179,52 @@ class Worker:
         self.close()  # no answer in time: a new worker for the next job
 
 
+def _widen(pipe_fd: int) -> None:
+    """Give a pipe the largest buffer this system allows an unprivileged process (Linux;
+    1 MiB by default, against 64 KiB). A message is read in buffer-sized pieces, and the
+    server's thread takes the interpreter lock back after each: a 1.6 MB recording came in
+    25 pieces, each a wait behind every other session's script on a crowded server."""
+    try:
+        import fcntl  # POSIX; the buffer size is Linux's
+
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            fcntl.fcntl(pipe_fd, fcntl.F_SETPIPE_SZ, int(f.read()))
+    except (ImportError, AttributeError, OSError, ValueError):
+        pass  # the default buffer: as correct, slower on a crowded server
+
+
 class Pool:
-    """`size` workers, started on first use; `run` takes a free one (the runner's slots
-    keep at most `size` jobs running, so one is always free)."""
+    """`size` workers, started on first use; `run` takes a free one, waiting its turn when
+    every one is busy (a stop request leaves the wait)."""
 
     def __init__(self, size: int, threads: int, nice: int):
         self.size = size
         self.workers = [Worker(threads, nice) for _ in range(size)]
         self._free = list(self.workers)
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
 
     def start(self) -> None:
         """Start the workers now (they import torch: seconds), so no first job waits for it."""
-        with self._lock:
+        with self._cond:
             for w in self.workers:
                 if not w.alive:
                     w.start()
 
     def run(self, model, image, spec, module: str, progress: Progress):
-        with self._lock:
-            if not self._free:
-                raise RuntimeError("more jobs than workers: the runner's slots should prevent this")
+        with self._cond:
+            while not self._free:
+                progress.check()
+                self._cond.wait(timeout=0.25)
             worker = self._free.pop()
         try:
             return worker.run(model, image, spec, module, progress)
         finally:
-            with self._lock:
+            with self._cond:
                 self._free.append(worker)
+                self._cond.notify()
 
     def close(self) -> None:
-        with self._lock:
+        with self._cond:
             for w in self.workers:
                 w.close()
 
@@ -294,7 +313,9 @@ def serve(recv_fd: int, send_fd: int, threads: int, nice: int) -> None:
 
             progress = Progress(report, stop)  # SIGUSR1 is the caller's stop()
             with model.lock:
+                t = time.perf_counter()
                 result = importlib.import_module(module).run(model, image, spec, progress=progress)
+                result.seconds = time.perf_counter() - t  # compute only, not the queue or the pipes
             send("done", result)
         except BaseException as e:  # noqa: BLE001 (every failure goes back to the caller)
             if isinstance(e, (BrokenPipeError, EOFError)):

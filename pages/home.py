@@ -1,6 +1,6 @@
 import streamlit as st
 
-from cnnviz import tokens
+from cnnviz import render, tokens
 from cnnviz.app import cache
 from cnnviz.app.pages import pages
 from cnnviz.app.router import selection
@@ -28,11 +28,10 @@ with left:
              width="stretch")
 with right:
     st.subheader("Top-5 classes")
-    # Streamlit's own bars, not a Plotly figure: Home is the page a whole class opens at
-    # once, and Plotly's script doubled each browser's work to load it (ARCHITECTURE:
-    # "A class on one server").
-    for t in sel.top(5):
-        st.progress(float(t.prob), text=f"{t.label}: {t.prob:.1%}")
+    # One static block of bars, not a Plotly figure (its script doubled each browser's work
+    # to load Home) nor five st.progress bars (five animated elements per rerun): Home is
+    # the page a whole class opens at once (ARCHITECTURE: "A class on one server").
+    st.html(render.topk_html(sel.top(5)))
     st.caption(
         f"The image is resized to {model.resize_size} pixels, centre-cropped to "
         f"{model.input_size[0]}x{model.input_size[1]} and normalized as the model was trained; "
@@ -41,15 +40,16 @@ with right:
     )
 
 st.subheader(f"About {model.label}")
-c1, c2, c3, c4 = st.columns(4)
-c1.metric("Parameters", f"{model.params / 1e6:.1f} M")
-c2.metric("Input size", f"{model.input_size[0]} x {model.input_size[1]}")
-c3.metric("Layers", len(model.layers), help=(
-    "Convolutions, normalizations, activations, pooling and linear layers, one per call, "
-    "and the blocks made of them (residual, Inception, dense blocks, stages)." if kind is None else
-    "The patch embedding (the one convolution), normalizations, activations and linear layers, one per call, "
-    "and the transformer blocks made of them."))
-c4.metric("Classes", len(model.categories))
+# One line, not a row of four metrics (five elements, each drawn again by every browser on
+# every rerun).
+st.markdown(
+    f"**{model.params / 1e6:.1f} M** parameters · **{model.input_size[0]} x {model.input_size[1]}** input · "
+    f"**{len(model.layers)}** layers · **{len(model.categories)}** classes",
+    help="Layers: " + (
+        "convolutions, normalizations, activations, pooling and linear layers, one per call, "
+        "and the blocks made of them (residual, Inception, dense blocks, stages)." if kind is None else
+        "the patch embedding (the one convolution), normalizations, activations and linear layers, one per call, "
+        "and the transformer blocks made of them."))
 
 st.subheader("Explore")
 links = {

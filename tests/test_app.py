@@ -1,5 +1,6 @@
 """Every page and every sidebar path in Streamlit's own AppTest."""
 import io
+import re
 
 import pytest
 import torch
@@ -31,6 +32,12 @@ def said(at) -> tuple[str, str]:
     return m.value, m.proto.delta
 
 
+def facts(at) -> dict[str, str]:
+    """Home's line about the model: {"parameters": "4.7 M", "input": "224 x 224", ...}."""
+    (about,) = [m.value for m in at.main.markdown if " parameters · " in m.value]
+    return {name: value for value, name in re.findall(r"\*\*(.+?)\*\* (\w+)", about)}
+
+
 def png_bytes(color=(200, 30, 30), size=(64, 48)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, "PNG")
@@ -41,15 +48,28 @@ def test_home_shows_prediction_chart_and_facts(app, bundled, samples):
     top1 = predict(bundled, load_image(samples["cat"]), 1)[0]
     assert said(app) == (top1.label, f"{top1.prob:.1%} confident")
     top5 = predict(bundled, load_image(samples["cat"]), 5)
-    bars = app.main.get("progress")  # the top-5 as Streamlit's bars, most likely first
-    assert [b.proto.text for b in bars] == [f"{t.label}: {t.prob:.1%}" for t in top5]
-    assert all(abs(b.proto.value - 100 * t.prob) <= 1 for b, t in zip(bars, top5))  # Streamlit's integer percent
+    (bars,) = app.main.get("html")  # the top-5 as one block of bars, most likely first
+    rows = re.findall(r'data-index="(\d+)" data-p="([\d.]+)".*?<div>(.*?)</div>.*?width:([\d.]+)%', bars.proto.body)
+    assert [(int(i), label) for i, _, label, _ in rows] == [(t.index, f"{t.label}: {t.prob:.1%}") for t in top5]
+    assert all(abs(float(p) - t.prob) < 1e-6 and abs(float(w) - 100 * t.prob) < 0.01
+               for (_, p, _, w), t in zip(rows, top5))
+    assert not app.main.get("progress")
     links = [e.proto for e in app.main.get("page_link")]
     assert [ln.label.split("**")[1] for ln in links] == ["Activations", "Filters", "Receptive fields", "Saliency",
                                                          "Adversarial", "CNN limits"]
-    facts = {m.label: m.value for m in app.main.metric}
-    assert facts == {"Parameters": "4.7 M", "Input size": "224 x 224", "Layers": str(len(bundled.layers)), "Classes": "1000"}
+    assert facts(app) == {"parameters": "4.7 M", "input": "224 x 224", "layers": str(len(bundled.layers)), "classes": "1000"}
+    assert not app.main.metric
     assert not app.error
+
+
+def test_a_rerun_with_the_model_loaded_starts_no_spinner(app, monkeypatch):
+    """A spinner is a thread and a message to the browser on every rerun of every session."""
+    import streamlit as st
+
+    shown, real = [], st.spinner
+    monkeypatch.setattr(st, "spinner", lambda *a, **k: shown.append(a) or real(*a, **k))
+    app.run()
+    assert not app.exception and not shown
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "assets" / "samples").iterdir() if p.suffix != ".md"))
@@ -112,7 +132,7 @@ def test_offline_model_choice_explains_and_falls_back(app):
     assert torch.hub.get_dir() not in errors[0]  # a lecture hall's browsers never see the server's paths
     assert said(app)[0]  # still predicts, with the bundled model
     assert app.sidebar.metric[0].label == "EfficientNet-Lite0 says"
-    assert {m.label: m.value for m in app.main.metric}["Parameters"] == "4.7 M"
+    assert facts(app)["parameters"] == "4.7 M"
 
 
 def test_cached_torchvision_model_is_used(app, samples):
@@ -147,7 +167,7 @@ def test_own_checkpoint_with_labels(app):
     assert not app.exception and not app.sidebar.error
     assert said(app)[0] in {"apple", "banana", "cherry"}
     assert app.sidebar.metric[0].label.startswith("mine.pth (ResNet-18, 3 classes)")
-    assert {m.label: m.value for m in app.main.metric}["Classes"] == "3"
+    assert facts(app)["classes"] == "3"
 
 
 def test_own_checkpoint_that_does_not_fit(app):

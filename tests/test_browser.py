@@ -26,7 +26,7 @@ def test_upload_predict_switch_pages_and_back(browser, server, samples, bundled,
     image_input(page).set_input_files(str(upload))
     expect(sidebar_says(page)).to_have_text(expected, timeout=60_000)
     expect(page.get_by_text("Current image: my_upload.png")).to_be_visible()
-    bars = page.get_by_test_id("stMain").get_by_test_id("stProgress")  # the top-5, most likely first
+    bars = page.get_by_test_id("stMain").locator(".cnnviz-topk-row")  # the top-5, most likely first
     expect(bars).to_have_count(5)
     expect(bars.first).to_contain_text(f"{expected}: ")
 

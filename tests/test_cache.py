@@ -182,3 +182,24 @@ def test_a_progress_bar_redraws_at_most_every_quarter_second(monkeypatch):
     assert draws[-2][1] == 1.0 and draws[-1][1] == "removed"  # 100% is drawn, then the bar goes
     assert all(b - a >= cache.DRAW_EVERY_S - 1e-9 for a, b in zip(times[:-2], times[1:-1]))
     assert len(times) == 26  # every 4th report (0.25 s): steps 1, 5, ..., 97, and the last
+
+
+def test_a_loaded_model_costs_no_spinner(monkeypatch):
+    """`st.spinner` starts a thread and sends the browser a message on every use; the
+    sidebar asks for its model on every rerun of every session."""
+    import contextlib
+
+    shown = []
+
+    @contextlib.contextmanager
+    def spinner(text):
+        shown.append(text)
+        yield
+
+    monkeypatch.setattr(cache.st, "spinner", spinner)
+    model_id = "torchvision:mobilenet_v3_small@random"
+    cache.MODELS.discard(model_id)  # not loaded yet, whatever ran before
+    first = cache.model(model_id)
+    assert shown == ["Loading the model..."]  # loaded: the spinner showed while it did
+    assert cache.model(model_id) is first and cache.model(model_id) is first
+    assert shown == ["Loading the model..."]  # in memory: no spinner, no message

