@@ -12,7 +12,8 @@ from cnnviz import jobs  # noqa: E402  (after set_page_config)
 from cnnviz.app.pages import pages  # noqa: E402
 from cnnviz.app.sidebar import sidebar  # noqa: E402
 
-# Short jobs on one torch thread each, heavy jobs in worker processes (see Runner.serve).
+# Every job in a worker process: short ones at the server's priority, heavy ones below it
+# (see Runner.serve).
 jobs.RUNNER.serve()
 # The server's event loop (websockets, uploads, every message to every browser) takes the
 # interpreter lock in turn with each session's script thread. With 30 scripts running, 5 ms

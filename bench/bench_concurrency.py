@@ -44,7 +44,7 @@ ap.add_argument("--requests", type=int, default=5, help="B requests of each kind
 ap.add_argument("--interval", type=float, default=1.0, help="seconds between two of B's requests")
 ap.add_argument("--seconds", type=float, default=30.0, help="longest phase (A's job is stopped then)")
 ap.add_argument("--served", action="store_true",
-                help="the runner as a served app sets it (jobs.RUNNER.serve(): heavy jobs in worker "
+                help="the runner as a served app sets it (jobs.RUNNER.serve(): jobs in worker "
                      "processes, or on threads with CNNVIZ_JOB_PROCESSES=0)")
 ap.add_argument("--jobs", default="scorecam,scorecam_resnet50,pgd,featurevis",
                 help="comma-separated phases: scorecam, scorecam_resnet50, pgd, featurevis")
