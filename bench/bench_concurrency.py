@@ -26,10 +26,12 @@ A job that was stopped reports its fraction done, and `job_s` estimates its full
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import importlib
 import importlib.util
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -52,7 +54,9 @@ args = ap.parse_args()
 
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(Path(args.root).resolve()), str(BENCH)]
-os.environ.setdefault("CNNVIZ_CACHE", tempfile.mkdtemp(prefix="cnnviz-bench-cache-"))  # nothing from a cache
+if "CNNVIZ_CACHE" not in os.environ:  # nothing from a cache, and nothing left behind
+    os.environ["CNNVIZ_CACHE"] = tempfile.mkdtemp(prefix="cnnviz-bench-cache-")
+    atexit.register(shutil.rmtree, os.environ["CNNVIZ_CACHE"], True)
 
 import torch  # noqa: E402
 from common import report  # noqa: E402

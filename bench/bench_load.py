@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -410,6 +412,7 @@ def chromium(nice: int) -> str:
     each student's browser has a machine of its own. With --browser-nice N > 0 they also
     yield the cores to the server, which then shows what it answers when not starved."""
     wrapper = Path(tempfile.mkdtemp(prefix="cnnviz-chromium-")) / "chromium"
+    atexit.register(shutil.rmtree, wrapper.parent, True)
     wrapper.write_text("#!/bin/sh\n"  # CAP_SYS_NICE dropped: no process below the nice it starts at
                        f'exec nice -n {int(nice)} setpriv --inh-caps=-sys_nice --bounding-set=-sys_nice '
                        f'{CHROMIUM} "$@"\n')

@@ -20,6 +20,7 @@ to 127.0.0.1; the server is started and killed (by its process group) here.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shutil
 import signal
@@ -208,6 +209,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     tmp = Path(tempfile.mkdtemp(prefix="cnnviz-bench-cpu-"))
+    atexit.register(shutil.rmtree, tmp, True)
     images = [upload_image(k, tmp) for k in range(n + 1)]
     server = Server(tmp / "streamlit.log")
     rows, spy = [], []

@@ -210,7 +210,9 @@ class Runner:
         analysis = analysis_of(spec)
         here = getattr(analysis, "RUNS_IN_PROCESS", False)
         if n <= SHORT_PASSES:
-            if self.short_pool is not None and not here:
+            # Until the short worker has started (a server's first seconds: it imports torch
+            # beside the first session's script), a short job runs here, as it always did.
+            if self.short_pool is not None and not here and self.short_pool.ready():
                 result = self.short_pool.run(model, image, spec, analysis.__name__, progress)
             else:
                 threads = torch_threads(self.short_threads) if self.short_threads else contextlib.nullcontext()

@@ -17,7 +17,9 @@ pipes:
   `("need",)` when it does not hold that model yet, and the server sends `("model", fields)`
   (the network with its weights: a worker keeps the last `KEPT_MODELS` it was sent, so a
   class on one model sends it once);
-- worker -> server: `("progress", fraction, text, preview)` at most `REPORTS_PER_S` a
+- worker -> server: `("ready",)` once it has imported torch (`Pool.ready()`: until then a
+  served app runs short jobs in its own process rather than wait seconds for the import),
+  `("progress", fraction, text, preview)` at most `REPORTS_PER_S` a
   second, then `("done", result)` or `("error", exception, traceback text)`.
 
 A stop (`Progress.stop()`, or a Streamlit rerun in the caller's thread) is a SIGUSR1 to
@@ -71,8 +73,11 @@ class Worker:
     def __init__(self, threads: int, nice: int):
         self.threads, self.nice = threads, nice
         self.proc: subprocess.Popen | None = None
+        self.ready = False  # it said so: torch is imported, a job starts at once
+
 
     def start(self) -> None:
+        self.ready = False
         to_worker_r, to_worker_w = os.pipe()
         to_server_r, to_server_w = os.pipe()
         for fd in (to_worker_w, to_server_w):
@@ -112,6 +117,16 @@ class Worker:
             self.recv_conn.close()
         self.proc = None
 
+    def poll_ready(self) -> bool:
+        """Whether the worker has said it is ready; never waits. Only for a worker no job
+        is using (a job's thread reads the same pipe)."""
+        if not self.ready and self.alive:
+            with contextlib.suppress(EOFError, OSError):
+                while self.recv_conn.poll(0):
+                    if pickle.loads(self.recv_conn.recv_bytes())[0] == "ready":
+                        self.ready = True
+        return self.ready
+
     def _send(self, *msg) -> None:
         self.send_conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
 
@@ -142,7 +157,9 @@ class Worker:
                     progress.check()  # a stop asked from the caller's side
                     continue
                 kind, *rest = msg
-                if kind == "need":
+                if kind == "ready":
+                    self.ready = True
+                elif kind == "need":
                     self._send("model", portable(model))
                 elif kind == "progress":
                     progress(*rest)
@@ -210,6 +227,18 @@ class Pool:
                 if not w.alive:
                     w.start()
 
+    def ready(self) -> bool:
+        """Whether a worker has started (imported torch, seconds on a small machine) and
+        takes jobs without that wait; never waits. A free worker found dead (killed for
+        memory) is started again here, so later jobs find it ready."""
+        with self._cond:
+            for w in self._free:
+                if not w.alive:
+                    w.close()
+                    w.start()
+                w.poll_ready()
+            return any(w.ready for w in self.workers)
+
     def run(self, model, image, spec, module: str, progress: Progress):
         with self._cond:
             while not self._free:
@@ -270,6 +299,7 @@ def serve(recv_fd: int, send_fd: int, threads: int, nice: int) -> None:
     """The worker's loop: one job after another until the server closes its pipe."""
     _lower_priority(nice)  # before torch starts its threads: they inherit it
     import torch
+    import torchvision  # noqa: F401  (every model's pickle needs it: imported before "ready")
 
     from .model import Model
 
@@ -286,6 +316,7 @@ def serve(recv_fd: int, send_fd: int, threads: int, nice: int) -> None:
     def receive():
         return pickle.loads(recv_conn.recv_bytes())
 
+    send("ready")
     while True:
         try:
             kind, fingerprint, module, spec, image = receive()

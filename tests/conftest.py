@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 import urllib.parse
@@ -11,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # An empty torch hub cache for the whole run: no test sees weights a developer
 # downloaded, and nothing is fetched (see no_network below).
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="cnnviz-torch-home-")
+atexit.register(shutil.rmtree, os.environ["TORCH_HOME"], True)
 # AppTest runs app.py in this process, where tests spy on the analyses: its heavy jobs stay
 # on threads here. The worker processes a served app uses are tested in test_workers.py and
 # by every browser test (tests/browser.py's server drops this).

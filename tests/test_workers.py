@@ -24,6 +24,7 @@ def served(monkeypatch_module):
     runner = jobs.Runner(heavy_slots=1, heavy_threads=1, short_workers=1)
     runner.serve()
     assert runner.pool is not None and runner.short_pool is not None and runner.short_threads == 1
+    assert until(runner.short_pool.ready)  # short jobs go to it from now on
     yield runner
     started = [*runner.pool.workers, *runner.short_pool.workers]
     runner.close()
@@ -34,6 +35,16 @@ def served(monkeypatch_module):
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as mp:
         yield mp
+
+
+def until(ready, seconds: float = 120) -> bool:
+    """Whether `ready()` came true within `seconds` (a worker starting: it imports torch)."""
+    end = time.monotonic() + seconds
+    while not ready():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def worker_of(runner) -> workers.Worker:
@@ -64,6 +75,38 @@ def test_short_jobs_run_in_a_worker_of_their_own_with_the_same_numbers(served, b
     assert short.alive and short.proc.pid not in (os.getpid(), worker_of(served).proc.pid)
     if sys.platform.startswith("linux"):  # the server's own priority: clicks are what everyone waits for
         assert os.getpriority(os.PRIO_PROCESS, short.proc.pid) == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_until_the_short_worker_is_ready_short_jobs_run_here(bundled, cat, monkeypatch):
+    """A fresh server's first page must not wait seconds for the worker's torch import."""
+    monkeypatch.delenv("CNNVIZ_JOB_PROCESSES", raising=False)
+    runner = jobs.Runner(heavy_slots=1, heavy_threads=1, short_workers=1)
+    runner.serve()
+    try:
+        short = short_worker_of(runner)
+        monkeypatch.setattr(short, "poll_ready", lambda: False)  # still importing, however fast this machine
+        monkeypatch.setattr(short, "run", lambda *a, **k: pytest.fail("waited for a worker that was not ready"))
+        expected = jobs.Runner(short_threads=1).run(bundled, cat, predict.PredictSpec())
+        result = runner.run(bundled, cat, predict.PredictSpec())
+        np.testing.assert_array_equal(result.probs, expected.probs)
+    finally:
+        runner.close()
+
+
+def test_a_ready_worker_says_so_and_a_dead_one_is_started_again(bundled, cat):
+    pool = workers.Pool(1, threads=1, nice=0)
+    try:
+        pool.ready()
+        assert pool.workers[0].alive  # never started: asking starts it
+        assert until(pool.ready)
+        (w,) = pool.workers
+        first = w.proc.pid
+        w.proc.kill()
+        w.proc.wait()
+        assert until(pool.ready) and w.alive and w.proc.pid != first
+        assert pool.run(bundled, cat, predict.PredictSpec(), "cnnviz.predict", Progress()).probs.shape == (1000,)
+    finally:
+        pool.close()
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/sys/fs/pipe-max-size"), reason="Linux pipe sizes")
