@@ -76,6 +76,18 @@ def catalog() -> list[Entry]:
     return entries
 
 
+def fetch_hint(ids: list[str]) -> str:
+    """One sentence for a page: these pretrained weights are not on this server, and the
+    command that fetches each (with its size), to run once before class."""
+    entries = {e.id: e for e in catalog()}
+    names = " and ".join(entries[i].label if i in entries else i for i in ids)
+    cmds = " and ".join(f"`python -m cnnviz download {i}`" for i in ids)
+    mb = sum(entries[i].download_mb or 0 for i in ids if i in entries)
+    size = f", about {mb:.0f} MB" if mb else ""
+    return (f"The pretrained weights of {names} are not on this server: run {cmds} once before class "
+            f"(it needs the network{size}).")
+
+
 def known(model_id: str) -> bool:
     """Whether `load` takes this id (every id the CLI takes), without loading anything."""
     if model_id == BUNDLED_ID:

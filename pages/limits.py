@@ -102,19 +102,12 @@ def _listed(ids, most: int = 3) -> str:
     return ", ".join(names)
 
 
-def _fetch(ids: list[str]) -> str:
-    """One sentence: these pretrained models are not on the server, and the command that fetches each."""
-    names = " and ".join(catalog[i].label for i in ids)
-    cmds = " and ".join(f"`python -m cnnviz download {i}`" for i in ids)
-    return f"The pretrained weights of {names} are not on this server: run {cmds} once before class (it needs the network)."
-
-
 def _from_link(text: str) -> list[str]:
     """A link's `compare=` (one id, or ids separated by commas): the offered ones, at most
     BESIDE; what is left out is said."""
     ids = list(dict.fromkeys(i.strip() for i in str(text).split(",") if i.strip() and i.strip() != model.id))
     if absent := [i for i in ids if i in catalog and i not in offered]:
-        note(f"{_fetch(absent)} The link's comparison goes on without them.")
+        note(f"{models.fetch_hint(absent)} The link's comparison goes on without them.")
     if unknown := [i for i in ids if i not in catalog]:
         note(f"The link's compare={_listed(unknown)} is not used: this page compares with the bundled model, cached "
              "zoo models and the untrained twins (torchvision:NAME@random).")
@@ -254,7 +247,7 @@ seed = int(ss["lim_seed"]) if t.seeded else 0
 st.markdown(VERSUS_TEXT[demo] if versus else TEXT[demo])
 if comparing and (versus or ss.get("lim_versus")) and (missing := _preset(ss["lim_compare"])[1]):
     twins = " and ".join(f"`{i}@random`" for i in missing)
-    st.info(_fetch(missing) + f" Meanwhile the untrained twin{'s' if len(missing) > 1 else ''} ({twins}: the same "
+    st.info(models.fetch_hint(missing) + f" Meanwhile the untrained twin{'s' if len(missing) > 1 else ''} ({twins}: the same "
             "architecture with random weights) can stand in, to show the architecture before it learned anything.",
             icon=":material/download:")
     st.button(f"Use the untrained twin{'s' if len(missing) > 1 else ''}", key="lim_twins", on_click=_use_preset,

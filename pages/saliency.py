@@ -149,11 +149,8 @@ def _second_model():
         return None
     qp["compare"] = other_id
     if not models.is_available(other_id):
-        entry = next((e for e in models.catalog() if e.id == other_id), None)
-        size = f" (about {entry.download_mb:.0f} MB)" if entry and entry.download_mb else ""
-        st.info(f"The trained weights of {entry.label if entry else other_id} are not on this server: "
-                f"`python -m cnnviz download {other_id}` fetches them{size}. Meanwhile its untrained twin (the same "
-                "architecture with random weights) works offline.")
+        st.info(models.fetch_hint([other_id]) + " Meanwhile its untrained twin (the same architecture with "
+                "random weights) works offline.")
         st.button("Compare with the untrained twin", key="sal_twin", on_click=ss.__setitem__,
                   args=("sal_compare", other_id + "@random"))
         return None

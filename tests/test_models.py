@@ -255,3 +255,15 @@ def test_private_copy_shares_weights_not_modules(bundled):
     with torch.no_grad():
         x = torch.rand(1, 3, 32, 32)
         assert torch.equal(bundled.pixel_net(x), twin.pixel_net(x)) and fired == [1]  # the original: no hook
+
+
+def test_the_fetch_hint_names_each_model_its_command_and_the_size():
+    """Pages that need weights this server lacks say the same sentence (Limits, Saliency)."""
+    entries = {e.id: e for e in models.catalog()}
+    ids = ["torchvision:resnet18", "torchvision:vgg16"]
+    said = models.fetch_hint(ids)
+    for i in ids:
+        assert entries[i].label in said and f"`python -m cnnviz download {i}`" in said
+    total = sum(entries[i].download_mb for i in ids)
+    assert f"about {total:.0f} MB" in said and total > 500  # VGG-16 alone is 528 MB
+    assert "about" not in models.fetch_hint(["torchvision:nosuchnet"])  # an unknown id: no size invented
