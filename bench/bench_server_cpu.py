@@ -123,7 +123,7 @@ def session(browser, server: Server, image: Path, timeout_s: float, ctx=None) ->
         page.goto(server.url)
         metric = page.get_by_test_id("stSidebar").get_by_test_id("stMetricValue")
         expect(metric).to_be_visible(timeout=timeout_s * 1000)
-        expect(page.get_by_test_id("stPlotlyChart")).to_have_count(1, timeout=timeout_s * 1000)
+        expect(page.locator(".cnnviz-topk-row")).to_have_count(5, timeout=timeout_s * 1000)  # Home's top-5
         wait_idle(page, timeout_s)
         t1, c1 = time.perf_counter(), cpu_seconds(server.pid)
         page.locator(".st-key-upload").get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(image))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -10,7 +11,8 @@ from typing import Callable
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# Where each run's JSON is kept; tests/test_benches.py points it elsewhere.
+RESULTS = Path(os.environ.get("CNNVIZ_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, list[float]]:
@@ -45,7 +47,7 @@ def report(name: str, rows: list[dict], extra: dict | None = None) -> None:
         for r in rows:
             print("  ".join(_fmt(r[c]).ljust(w) for c, w in zip(cols, widths)))
     out = {"bench": name, "machine": machine(), "rows": rows, **(extra or {})}
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
     print(json.dumps(out))
 
