@@ -244,7 +244,9 @@ class Pool:
             while not self._free:
                 progress.check()
                 self._cond.wait(timeout=0.25)
-            worker = self._free.pop()
+            # One that has started, if any: another may still be importing torch.
+            worker = next((w for w in reversed(self._free) if w.ready), self._free[-1])
+            self._free.remove(worker)
         try:
             return worker.run(model, image, spec, module, progress)
         finally:

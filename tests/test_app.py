@@ -235,18 +235,25 @@ def test_online_download_shows_progress_then_loads_from_cache(app, monkeypatch):
         models.weights_file(weights).unlink(missing_ok=True)
 
 
-def test_every_run_gets_its_own_page_objects():
+def test_every_run_gets_its_own_page_objects(monkeypatch):
     """A StreamlitPage's call-once flag is set by st.navigation and cleared by page.run():
     page objects shared by all sessions (a module-level list) raced when two sessions
-    switched pages at once, and one of them got "This page cannot be called directly"."""
-    from cnnviz.app.pages import pages
+    switched pages at once, and one of them got "This page cannot be called directly".
+    Each run gets copies of pages made once (st.Page stats its file every time)."""
+    from types import SimpleNamespace
 
-    first, second = pages(), pages()
+    from cnnviz.app import pages as P
+
+    run = SimpleNamespace(pages_manager=SimpleNamespace(main_script_parent=ROOT))
+    monkeypatch.setattr(P, "get_script_run_ctx", lambda: run)  # as in a script run
+    first, second = P.pages(), P.pages()
     files = sorted(p.name for p in (ROOT / "pages").glob("*.py"))
     assert len(first) == len(second) == len(files) == 9  # every file under pages/ is in the navigation
-    listed = (ROOT / "cnnviz" / "app" / "pages.py").read_text().split('st.Page("pages/')[1:]
-    assert [entry.split('"')[0] for entry in listed][:2] == ["home.py", "convolution.py"]  # second, after Home
-    assert not {id(p) for p in first} & {id(p) for p in second}
+    assert sorted(f.removeprefix("pages/") for f, _, _ in P.PAGES) == files
+    assert [f for f, _, _ in P.PAGES][:2] == ["pages/home.py", "pages/convolution.py"]  # second, after Home
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    assert not ids(first) & ids(second)
+    assert not (ids(first) | ids(second)) & ids(P._made(ROOT))  # the ones made once are never handed out
     app = (ROOT / "app.py").read_text()
     assert "st.navigation(pages())" in app and "PAGES" not in app
 

@@ -109,6 +109,18 @@ def test_a_ready_worker_says_so_and_a_dead_one_is_started_again(bundled, cat):
         pool.close()
 
 
+def test_a_job_goes_to_a_worker_that_has_started(monkeypatch):
+    """With two workers, one still importing torch, the job takes the one that is ready."""
+    pool = workers.Pool(2, threads=1, nice=0)
+    started, importing = pool.workers
+    started.ready = True
+    for w in pool.workers:
+        monkeypatch.setattr(w, "run", lambda *a, _w=w, **k: _w)
+    assert pool.run(None, None, None, "cnnviz.predict", Progress()) is started
+    started.ready, importing.ready = False, True
+    assert pool.run(None, None, None, "cnnviz.predict", Progress()) is importing
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/sys/fs/pipe-max-size"), reason="Linux pipe sizes")
 def test_the_pipes_to_a_worker_are_as_wide_as_the_system_allows(served, bundled, cat):
     """A message is read in pipe-sized pieces, each a wait for the interpreter lock."""
