@@ -75,7 +75,6 @@ class Worker:
         self.proc: subprocess.Popen | None = None
         self.ready = False  # it said so: torch is imported, a job starts at once
 
-
     def start(self) -> None:
         self.ready = False
         to_worker_r, to_worker_w = os.pipe()
