@@ -14,6 +14,12 @@ def page():
     return open_page("receptive_fields.py", 180, layer=LAYER, y="0", x="13")
 
 
+def open_tab(at, label: str):
+    """The page's tabs are lazy (bound to `rf_view`): only the open one computes."""
+    at.session_state["rf_view"] = label
+    return at.run()
+
+
 def metrics(at) -> dict:
     return {m.label: m.value for m in at.main.metric}
 
@@ -71,6 +77,7 @@ def test_one_channel_uses_that_channels_gradient(page, bundled, samples):
 
 
 def test_average_over_samples_with_progress(page):
+    open_tab(page, "Averaged effective field")
     page.radio(key="rf_avg_source").set_value("noise").run()
     page.slider(key="rf_avg_n").set_value(4).run()
     page.button(key="rf_avg_go").click().run()
@@ -78,7 +85,21 @@ def test_average_over_samples_with_progress(page):
     assert any("over 4 inputs" in c.value for c in page.main.caption)
 
 
+def test_only_the_open_tab_computes_and_draws(page, monkeypatch):
+    """The Architecture tab's table of every layer went to the browser with every click on a unit."""
+    assert not page.main.dataframe and "Effective field (90% of mass)" in metrics(page)  # the unit's tab
+    from cnnviz.app import cache
+
+    asked = []  # what the page asks for, cached or not
+    real = cache.run
+    monkeypatch.setattr(cache, "run", lambda spec, *a, **k: asked.append(type(spec).__name__) or real(spec, *a, **k))
+    open_tab(page, "Architecture")
+    assert page.main.dataframe and not metrics(page)  # the table, not the unit's numbers
+    assert "EffectiveSpec" not in asked and not page.exception
+
+
 def test_architecture_table_lists_every_layer(page, bundled):
+    open_tab(page, "Architecture")
     frames = page.main.dataframe
     assert frames, "no architecture table"
     df = frames[-1].value

@@ -170,6 +170,8 @@ def test_page_on_a_vit_block_shows_a_tokens_effective_field(vit, cat):
     at.run()
     assert not at.exception and not at.error
     assert (qp(at, "y"), qp(at, "x")) == ("13", "0") and "Effective field (90% of mass)" in metrics(at)
+    at.session_state["rf_view"] = "Architecture"  # lazy tabs: the table is drawn in its own
+    at.run()
     assert any("every token sees every patch" in i.value for i in at.info)  # the table's attention rows
     listing = at.main.dataframe[-1].value
     stem = listing[listing["layer"] == "conv_proj"].iloc[0]
@@ -180,6 +182,7 @@ def test_page_on_a_vit_block_shows_a_tokens_effective_field(vit, cat):
 def test_depth_chart_compares_a_cnn_with_a_vit_and_back():
     at = open_page("receptive_fields.py", compare=VIT)  # the bundled CNN against ViT-B/16
     assert not at.error, [e.value for e in at.error]
+    assert at.session_state["rf_view"] == "Architecture"  # the link opens the tab that draws the comparison
     assert at.toggle(key="rf_compare_on").value and qp(at, "compare") == VIT
     fig = next(c for c in charts(at) if c["layout"].get("xaxis", {}).get("title", {}).get("text", "").startswith("depth"))
     names = [t.get("name") for t in fig["data"]]
@@ -197,6 +200,8 @@ def test_a_transformer_compares_with_the_bundled_cnn_by_default_and_a_bad_link_s
     at = open_page("receptive_fields.py", model=SWIN, compare="torchvision:nope")
     assert not at.error, [e.value for e in at.error]
     assert any("compare='torchvision:nope' is not used" in i.value for i in at.info)
+    at.session_state["rf_view"] = "Architecture"
+    at.run()
     assert not at.toggle(key="rf_compare_on").value and "compare" not in at.query_params
     assert at.selectbox(key="rf_compare").value == models.BUNDLED_ID  # what the toggle would compare with
     assert "inside its 7 x 7 window" in " ".join(m.value for m in at.markdown)
