@@ -26,15 +26,12 @@ A job that was stopped reports its fraction done, and `job_s` estimates its full
 from __future__ import annotations
 
 import argparse
-import atexit
 import dataclasses
 import importlib
 import importlib.util
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -54,12 +51,11 @@ args = ap.parse_args()
 
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(Path(args.root).resolve()), str(BENCH)]
-if "CNNVIZ_CACHE" not in os.environ:  # nothing from a cache, and nothing left behind
-    os.environ["CNNVIZ_CACHE"] = tempfile.mkdtemp(prefix="cnnviz-bench-cache-")
-    atexit.register(shutil.rmtree, os.environ["CNNVIZ_CACHE"], True)
-
 import torch  # noqa: E402
-from common import report  # noqa: E402
+from common import report, scratch  # noqa: E402
+
+if "CNNVIZ_CACHE" not in os.environ:  # nothing from a cache, and nothing left behind (before cnnviz reads it)
+    os.environ["CNNVIZ_CACHE"] = str(scratch("cnnviz-bench-cache-"))
 
 import cnnviz  # noqa: E402
 from cnnviz import models  # noqa: E402

@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -52,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import report  # noqa: E402
+from common import report, scratch  # noqa: E402
 from streamlit.proto.BackMsg_pb2 import BackMsg  # noqa: E402
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg  # noqa: E402
 from tests.idle import wait_idle_async as wait_idle  # noqa: E402  (the browser tests' own rule)
@@ -411,8 +409,7 @@ def chromium(nice: int) -> str:
     the server it loads: on one machine the browsers are the load generator, and in a class
     each student's browser has a machine of its own. With --browser-nice N > 0 they also
     yield the cores to the server, which then shows what it answers when not starved."""
-    wrapper = Path(tempfile.mkdtemp(prefix="cnnviz-chromium-")) / "chromium"
-    atexit.register(shutil.rmtree, wrapper.parent, True)
+    wrapper = scratch("cnnviz-chromium-") / "chromium"
     wrapper.write_text("#!/bin/sh\n"  # CAP_SYS_NICE dropped: no process below the nice it starts at
                        f'exec nice -n {int(nice)} setpriv --inh-caps=-sys_nice --bounding-set=-sys_nice '
                        f'{CHROMIUM} "$@"\n')

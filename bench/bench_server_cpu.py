@@ -20,7 +20,6 @@ to 127.0.0.1; the server is started and killed (by its process group) here.
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
 import shutil
 import signal
@@ -28,7 +27,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections import Counter
@@ -38,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from tests.idle import wait_idle  # noqa: E402  (the browser tests' own wait)
 
-from common import report  # noqa: E402
+from common import report, scratch  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -208,8 +206,7 @@ def main() -> None:
         raise SystemExit("Debian's chromium is not installed (apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
 
-    tmp = Path(tempfile.mkdtemp(prefix="cnnviz-bench-cpu-"))
-    atexit.register(shutil.rmtree, tmp, True)
+    tmp = scratch("cnnviz-bench-cpu-")
     images = [upload_image(k, tmp) for k in range(n + 1)]
     server = Server(tmp / "streamlit.log")
     rows, spy = [], []

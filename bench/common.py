@@ -1,9 +1,12 @@
 """Shared helpers for the benchmark scripts: interleaved timing, medians, a table."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
+import shutil
+import tempfile
 import statistics
 import time
 from pathlib import Path
@@ -36,6 +39,13 @@ def median(xs: list[float]) -> float:
 def machine() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+
+
+def scratch(prefix: str) -> Path:
+    """A new temporary folder, removed when the bench exits (however it ends but a kill)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 def report(name: str, rows: list[dict], extra: dict | None = None) -> None:
