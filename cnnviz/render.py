@@ -12,12 +12,13 @@ from .predict import Top
 TOPK_COLOUR = "#ff4b4b"  # the light theme's primary colour, as Streamlit's own bars
 
 
-def topk_html(top: list[Top]) -> str:
-    """The top-k as labelled bars, most likely first, in one static HTML block (`st.html`):
-    no script and no animation. Five `st.progress` bars were five elements whose widths
-    animate, each drawn again on every rerun; on Home, the page a whole class opens at
-    once, this one block cut a browser's work per upload by a third (ARCHITECTURE: "A
-    class on one server"). Labels may come from an uploaded labels file: escaped."""
+def topk_html(top: list[Top], title: str | None = None) -> str:
+    """The top-k as labelled bars, most likely first, in one static HTML block (`st.html`),
+    under `title` if given: no script and no animation. Five `st.progress` bars were five
+    elements whose widths animate, each drawn again on every rerun, and a Plotly chart's
+    script doubled a browser's work to load Home, the page a whole class opens at once
+    (ARCHITECTURE: "A class on one server"). Labels may come from an uploaded labels file:
+    escaped, as the title."""
     rows = "".join(
         f'<div class="cnnviz-topk-row" data-index="{t.index}" data-p="{t.prob:.6f}" style="margin:0 0 0.45rem">'
         f'<div>{html.escape(t.label)}: {t.prob:.1%}</div>'
@@ -25,25 +26,9 @@ def topk_html(top: list[Top]) -> str:
         f'<div style="background:{TOPK_COLOUR};height:100%;border-radius:0.25rem;width:{100 * t.prob:.2f}%"></div>'
         "</div></div>"
         for t in top)
-    return f'<div class="cnnviz-topk">{rows}</div>'
-
-
-def topk_bar(top: list[Top], title: str | None = None) -> go.Figure:
-    """Horizontal bars of the top-k probabilities, the most likely class on top. Built
-    in one constructor call (plotly validates the figure once; a constructor followed by
-    `update_layout` took three times as long, on every rerun of Home)."""
-    rows = list(reversed(top))
-    bar = go.Bar(
-        x=[t.prob for t in rows], y=[f"{t.label} " for t in rows], orientation="h",
-        text=[f"{t.prob:.1%}" for t in rows], textposition="auto",
-        customdata=[t.index for t in rows],
-        hovertemplate="%{y}<br>class %{customdata}<br>p = %{x:.4f}<extra></extra>",
-        marker_color=["#1f77b4"] * (len(rows) - 1) + ["#d62728"],
-    )
-    return go.Figure(data=[bar], layout=dict(
-        title=title, xaxis=dict(range=[0, 1], tickformat=".0%", title="probability"),
-        margin=dict(l=10, r=10, t=40 if title else 10, b=10), height=60 + 40 * len(rows),
-    ))
+    head = (f'<div class="cnnviz-topk-title" style="font-weight:600;margin:0 0 0.6rem">{html.escape(title)}</div>'
+            if title else "")
+    return f'<div class="cnnviz-topk">{head}{rows}</div>'
 
 
 # ---------------------------------------------------------------- activations

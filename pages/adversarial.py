@@ -127,9 +127,9 @@ p3.image(res.adversarial, caption=f"Adversarial: {cat[res.predicted]} ({after[re
 p4.image(ctl.adversarial, caption=f"Control, random signs of the same size: {cat[ctl.predicted]} "
                                   f"({ctl.probs_after[ctl.predicted]:.1%})", width="stretch")
 b1, b2, b3 = st.columns(3)
-b1.plotly_chart(render.topk_bar(top_k(model, before), "Top-5 before"), key="adv_top_before")
-b2.plotly_chart(render.topk_bar(top_k(model, after), f"Top-5 after {name}"), key="adv_top_after")
-b3.plotly_chart(render.topk_bar(top_k(model, ctl.probs_after), "Top-5 after random noise"), key="adv_top_noise")
+b1.html(render.topk_html(top_k(model, before), "Top-5 before"))
+b2.html(render.topk_html(top_k(model, after), f"Top-5 after {name}"))
+b3.html(render.topk_html(top_k(model, ctl.probs_after), "Top-5 after random noise"))
 st.caption(
     ("The random noise changed the answer too: this image sits near a decision boundary."
      if ctl.success else "The random noise of the same size left the answer alone.")

@@ -177,5 +177,4 @@ if run is not None and run.result is not None:
                 c, h, w = rec.maps[layer].shape
                 col.image(rgb, width="stretch", caption=f"{layer}: {c} x {h} x {w}")
             probs = jobs.run(net, digit, PredictSpec(10)).probs
-            cols[5].plotly_chart(render.topk_bar(top_k(net, probs, 10)), key="tr_drawn_bars",
-                                 config={"displaylogo": False})
+            cols[5].container(key="tr_drawn_bars").html(render.topk_html(top_k(net, probs, 10), "The network's answer"))

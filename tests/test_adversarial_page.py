@@ -1,6 +1,7 @@
 """The Adversarial page in AppTest: URL state, attack and control, targeted suggestions,
 PNG check, Grad-CAM, the budget sweep, and view changes that run no attack."""
 import json
+import re
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -33,7 +34,7 @@ def test_url_opens_a_targeted_fgsm_view_with_control_png_and_gradcam():
     assert caps[0].startswith("Original: Egyptian cat")
     assert any("amplified x21 around grey; true range -6 to +6 /255 (L-inf 6/255" in c for c in caps)  # 127/6
     assert any(c.startswith("Control, random signs of the same size") for c in caps)
-    titles = [s["layout"]["title"]["text"] for s in specs(at) if s["layout"].get("title")]
+    titles = [t for h in at.get("html") for t in re.findall(r'class="cnnviz-topk-title"[^>]*>([^<]*)<', h.proto.body)]
     assert titles == ["Top-5 before", "Top-5 after FGSM", "Top-5 after random noise"]
     assert any("Saved as an 8-bit PNG, reloaded and classified again" in m.value
                for m in [*at.success, *at.warning])

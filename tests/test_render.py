@@ -1,4 +1,4 @@
-"""Figures that are not Plotly: Home's top-5 block."""
+"""Figures that are not Plotly: the top-k block (Home, Adversarial, Train)."""
 import re
 
 from cnnviz import render
@@ -14,3 +14,6 @@ def test_the_top5_block_escapes_labels_and_draws_each_probability():
     assert re.findall(r'data-index="(\d+)"', out) == ["3", "1", "7"]  # most likely first, as given
     assert re.findall(r"width:([\d.]+)%", out) == ["75.00", "20.00", "0.00"]
     assert out.count('class="cnnviz-topk-row"') == 3 and "<script" not in out
+    assert "cnnviz-topk-title" not in out
+    titled = render.topk_html(top, "After <b>PGD</b>")  # a title, escaped, above the rows
+    assert titled.index("After &lt;b&gt;PGD&lt;/b&gt;") < titled.index("cnnviz-topk-row") and "<b>" not in titled
