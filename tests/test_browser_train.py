@@ -34,7 +34,7 @@ def test_train_one_epoch_and_see_the_curve(browser, server, tmp_path):
     page.mouse.up()
     expect(page.get_by_text("Nothing drawn yet")).to_have_count(0, timeout=60_000)
     expect(page.get_by_text("pool2: 16 x 5 x 5")).to_be_visible(timeout=60_000)
-    expect(page.locator(".st-key-tr_drawn_bars")).to_be_visible()
+    expect(page.locator(".st-key-tr_drawn_bars .cnnviz-topk-row")).to_have_count(10)  # every digit, most likely first
     expect(page.get_by_test_id("stException")).to_have_count(0)
     shots = Path(os.environ.get("CNNVIZ_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
