@@ -6,8 +6,8 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
